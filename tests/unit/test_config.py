@@ -1,0 +1,70 @@
+"""Settings: defaults, TOML, env overrides, and errors that name the key and allowed values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vilokanam.config import ConfigError, load_settings
+
+EXAMPLE = Path(__file__).parents[2] / "vilokanam" / "config" / "vilokanam.example.toml"
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = load_settings(environ={})
+    assert settings.rtmp.port == 1935 and settings.http.port == 8080
+    assert settings.hls.segment_format == "fmp4" and settings.hls.segment_duration == 2.0
+    assert settings.hls.window == 6
+    assert [(r.name, r.height, r.video_bitrate) for r in settings.transcode.ladder] == [
+        ("720p", 720, 3_000_000),
+        ("480p", 480, 1_400_000),
+        ("360p", 360, 800_000),
+    ]
+    assert settings.database_url.startswith("sqlite:///")
+
+
+def test_example_config_loads_and_matches_defaults() -> None:
+    assert load_settings(EXAMPLE, environ={}) == load_settings(environ={})
+
+
+def test_env_overrides_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[rtmp]\nport = 1940\n[hls]\nsegment_format = "mpegts"\n')
+    settings = load_settings(config, environ={"VILOKANAM_RTMP_PORT": "1950"})
+    assert settings.rtmp.port == 1950
+    assert settings.hls.segment_format == "mpegts"
+
+
+def test_env_ladder_as_json() -> None:
+    settings = load_settings(
+        environ={
+            "VILOKANAM_TRANSCODE_LADDER": '[{"name": "540p", "height": 540, "video_bitrate": 2000000}]'
+        }
+    )
+    assert [rung.name for rung in settings.transcode.ladder] == ["540p"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"VILOKANAM_RTMP_PORT": "70000"}, "rtmp.port"),
+        ({"VILOKANAM_HLS_SEGMENT_FORMAT": "ts"}, "hls.segment_format: Input should be 'fmp4' or 'mpegts'"),
+        ({"VILOKANAM_RTMP_PROT": "1"}, "rtmp.prot: unknown setting"),
+        ({"VILOKANAM_TRANSCODE_X264_PRESET": "warp"}, "transcode.x264_preset"),
+        ({"VILOKANAM_HTTP_PORT": "1935", "VILOKANAM_HTTP_HOST": "0.0.0.0"}, "must differ"),
+    ],
+)
+def test_bad_values_name_the_key(environ: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(environ=environ)
+    assert expected in str(error.value)
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[rtmp\nport=1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(broken, environ={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "absent.toml", environ={})

@@ -1,0 +1,198 @@
+"""Typed settings: embedded defaults, overridden by a TOML file, overridden by env vars.
+
+Every setting is read here and nowhere else. A bad value fails at start with a
+:class:`ConfigError` that names the key (``rtmp.port``), the value, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "VILOKANAM_"
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatabaseSettings(_Section):
+    url: str = ""
+    """SQLAlchemy URL; empty means SQLite at ``{data_dir}/vilokanam.db``."""
+
+
+class RtmpSettings(_Section):
+    host: str = "0.0.0.0"
+    port: Port = 1935
+    app: str = "live"
+    chunk_size: Annotated[int, Field(ge=128, le=65536)] = 4096
+    handshake_timeout: Seconds = 10.0
+    idle_timeout: Seconds = 30.0
+    reconnect_window: Annotated[float, Field(ge=0)] = 20.0
+
+
+class HttpSettings(_Section):
+    host: str = "0.0.0.0"
+    port: Port = 8080
+    cors_origin: str = "*"
+
+
+class HlsSettings(_Section):
+    segment_format: Literal["fmp4", "mpegts"] = "fmp4"
+    segment_duration: Annotated[float, Field(ge=0.5, le=30)] = 2.0
+    window: Annotated[int, Field(ge=2, le=100)] = 6
+    delete_margin: Annotated[int, Field(ge=0, le=100)] = 4
+
+
+class Rung(_Section):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+    height: Annotated[int, Field(ge=64, le=4320)]
+    video_bitrate: Annotated[int, Field(ge=50_000, le=100_000_000)]
+
+    @field_validator("height")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be even (H.264 4:2:0 needs even dimensions)")
+        return value
+
+
+def _default_ladder() -> list[Rung]:
+    return [
+        Rung(name="720p", height=720, video_bitrate=3_000_000),
+        Rung(name="480p", height=480, video_bitrate=1_400_000),
+        Rung(name="360p", height=360, video_bitrate=800_000),
+    ]
+
+
+class TranscodeSettings(_Section):
+    source_rendition: bool = True
+    ladder: list[Rung] = Field(default_factory=_default_ladder)
+    x264_preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"
+    ] = "veryfast"
+    x264_tune: Literal["zerolatency", "film", "animation", "none"] = "zerolatency"
+    audio_bitrate: Annotated[int, Field(ge=32_000, le=512_000)] = 128_000
+    max_restarts: Annotated[int, Field(ge=0, le=100)] = 3
+
+    @field_validator("ladder")
+    @classmethod
+    def _unique_names(cls, ladder: list[Rung]) -> list[Rung]:
+        names = [rung.name for rung in ladder]
+        if len(set(names)) != len(names) or "source" in names:
+            raise ValueError("rung names must be unique and not 'source'")
+        return ladder
+
+
+class Settings(_Section):
+    data_dir: Path = Path("./vilokanam-data")
+    public_host: str = ""
+    """Host name put in printed URLs; empty means this machine's address as seen by clients."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    rtmp: RtmpSettings = Field(default_factory=RtmpSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    hls: HlsSettings = Field(default_factory=HlsSettings)
+    transcode: TranscodeSettings = Field(default_factory=TranscodeSettings)
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.rtmp.port == self.http.port and self.rtmp.host == self.http.host:
+            raise ValueError("rtmp.port and http.port must differ")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'vilokanam.db'}"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+
+_SECTIONS = {
+    name
+    for name, field in Settings.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+}
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn ``VILOKANAM_RTMP_PORT=1936`` into ``{"rtmp": {"port": "1936"}}``.
+
+    Values that look like JSON lists/objects (the ladder) are parsed as JSON.
+    """
+    overrides: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "REQUIRE"):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        value: Any = raw
+        if raw.strip().startswith(("[", "{")):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{name}: not valid JSON ({exc})") from exc
+        section, _, rest = key.partition("_")
+        if section in _SECTIONS and rest:
+            overrides.setdefault(section, {})[rest] = value
+        elif key in Settings.model_fields:
+            overrides[key] = value
+        # Other VILOKANAM_* variables (test switches, secrets) belong to other readers.
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting (see docs/config.md for the allowed keys)"
+        got = item.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"{key}: {message}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    path: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load defaults ← TOML file ← ``VILOKANAM_*`` env vars, validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

@@ -1,0 +1,302 @@
+"""Owns the life of every live stream: publish auth, worker processes, reconnects, the end.
+
+One :class:`LiveStream` per stream session. A publisher that drops and comes back with the same
+key within ``rtmp.reconnect_window`` continues the same session and playlists (the packager marks
+the join with EXT-X-DISCONTINUITY); a worker that crashes is restarted the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vilokanam.config import Settings
+from vilokanam.ingest import flv
+from vilokanam.origin.storage import Storage
+from vilokanam.packager.live import MASTER, LivePackager
+from vilokanam.store import Channel, SessionState, Store
+from vilokanam.transcode.supervisor import WorkerGone, WorkerProcess
+
+log = logging.getLogger(__name__)
+
+
+class PublishRefused(Exception):
+    """Publishing is not allowed; the message is the reason given to the client and the log."""
+
+
+@dataclass(eq=False)
+class Publisher:
+    """The connection currently publishing a stream; ``kick`` closes it."""
+
+    peer: str
+    kick: Callable[[str], None]
+
+
+class LiveStream:
+    """One stream session: feeds the worker, restarts it, and drives the packager."""
+
+    def __init__(self, manager: StreamManager, channel: Channel, session_id: int) -> None:
+        self.manager = manager
+        self.settings = manager.settings
+        self.channel = channel
+        self.session_id = session_id
+        self.prefix = f"streams/{session_id}"
+        self.name = f"{channel.slug}#{session_id}"
+        self.publisher: Publisher | None = None
+        self.packager = LivePackager(
+            self.prefix,
+            manager.storage,
+            segment_duration=self.settings.hls.segment_duration,
+            window=self.settings.hls.window,
+            delete_margin=self.settings.hls.delete_margin,
+            on_segment=self._on_segment,
+        )
+        self.worker: WorkerProcess | None = None
+        self.epoch = -1
+        self.restarts = 0
+        self.segments = 0
+        self.ended = False
+        self._end_timer: asyncio.TimerHandle | None = None
+        self._finishing: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        # What a fresh worker needs before media: stream metadata and decoder configurations.
+        self._metadata: bytes | None = None
+        self._sequence_headers: dict[int, bytes] = {}
+        self._need_keyframe = False
+
+    # -- publisher side -------------------------------------------------------
+    async def feed(self, tag_type: int, timestamp: int, body: bytes) -> None:
+        """Forward one RTMP media/data message to the worker (starting it if needed)."""
+        async with self._lock:
+            if self.ended:
+                return
+            data = flv.tag(tag_type, timestamp, body)
+            if tag_type == flv.TAG_SCRIPT:
+                self._metadata = body
+            elif flv.is_sequence_header(tag_type, body):
+                self._sequence_headers[tag_type] = body
+            elif self._need_keyframe:
+                if tag_type != flv.TAG_VIDEO or not flv.is_keyframe(body):
+                    if tag_type == flv.TAG_VIDEO or flv.TAG_VIDEO in self._sequence_headers:
+                        return  # a restarted worker begins at a keyframe
+                self._need_keyframe = False
+            if self.worker is None:
+                if tag_type == flv.TAG_SCRIPT:
+                    return  # sent with the header once the first media message arrives
+                await self._start_worker(timestamp, first_data=data, is_config=tag_type)
+                return
+            try:
+                await self.worker.write(data)
+            except WorkerGone as exc:
+                log.error("%s: %s", self.name, exc)
+                await self._worker_crashed()
+
+    async def _start_worker(self, timestamp: int, first_data: bytes, is_config: int) -> None:
+        if self.restarts > self.settings.transcode.max_restarts:
+            return
+        self.epoch += 1
+        spec = self.manager.worker_spec(self.prefix, self.epoch, self.packager.next_sequence)
+        worker = WorkerProcess(spec, self.packager.handle, name=f"{self.name}/e{self.epoch}")
+        self.packager.start_epoch(self.epoch, media_start=timestamp / 1000)
+        await worker.start()
+        self.worker = worker
+        has_video = flv.TAG_VIDEO in self._sequence_headers or is_config == flv.TAG_VIDEO
+        has_audio = flv.TAG_AUDIO in self._sequence_headers or is_config == flv.TAG_AUDIO
+        if self._metadata is not None:
+            has_video = has_video or _metadata_mentions(self._metadata, b"videocodecid")
+            has_audio = has_audio or _metadata_mentions(self._metadata, b"audiocodecid")
+        preamble = flv.file_header(has_audio=has_audio, has_video=has_video)
+        if self._metadata is not None:
+            preamble += flv.tag(flv.TAG_SCRIPT, 0, self._metadata)
+        for tag_type, body in self._sequence_headers.items():
+            if flv.tag(tag_type, timestamp, body) != first_data:
+                preamble += flv.tag(tag_type, timestamp, body)
+        try:
+            await worker.write(preamble + first_data)
+        except WorkerGone as exc:
+            log.error("%s: %s", self.name, exc)
+            await self._worker_crashed()
+
+    async def _worker_crashed(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.kill()
+            await worker.wait(timeout=5)
+        self.restarts += 1
+        self._need_keyframe = True
+        if self.restarts > self.settings.transcode.max_restarts:
+            log.error(
+                "%s: transcode worker failed %d times; stopping the stream "
+                "(check the publisher's codec settings: H.264 + AAC)",
+                self.name,
+                self.restarts,
+            )
+            if self.publisher is not None:
+                self.publisher.kick("transcoder failed")
+        else:
+            log.warning("%s: restarting transcode worker (%d)", self.name, self.restarts)
+
+    async def stop_worker(self) -> None:
+        """EOF to the worker; wait until it has flushed its last segments."""
+        async with self._lock:
+            worker, self.worker = self.worker, None
+            if worker is None:
+                return
+            await worker.close_input()
+            code = await worker.wait()
+            if code != 0 and not worker.ended_cleanly:
+                log.warning("%s: transcode worker exited with code %s", self.name, code)
+            self._need_keyframe = True
+
+    # -- lifecycle ------------------------------------------------------------
+    async def _on_segment(self, sequence: int) -> None:
+        self.segments = max(self.segments, sequence + 1)
+        if self.segments == 1 or sequence % 30 == 0:
+            state = SessionState.LIVE
+            await asyncio.to_thread(
+                self.manager.store.update_session, self.session_id, state=state, segments=self.segments
+            )
+            if self.segments == 1:
+                log.info("%s: live at /live/%s/%s", self.name, self.channel.slug, MASTER)
+
+    def schedule_end(self, delay: float) -> None:
+        self.cancel_end()
+        loop = asyncio.get_running_loop()
+        self._end_timer = loop.call_later(delay, lambda: asyncio.ensure_future(self.finish()))
+
+    def cancel_end(self) -> None:
+        if self._end_timer is not None:
+            self._end_timer.cancel()
+            self._end_timer = None
+
+    async def finish(self) -> None:
+        """End the session: ENDLIST on every playlist, ``ended`` in the store."""
+        if self._finishing is None:
+            self._finishing = asyncio.ensure_future(self._finish())
+        await self._finishing
+
+    async def _finish(self) -> None:
+        self.cancel_end()
+        await self.stop_worker()
+        self.ended = True
+        await self.packager.finish()
+        await asyncio.to_thread(
+            self.manager.store.update_session,
+            self.session_id,
+            state=SessionState.ENDED,
+            segments=self.segments,
+        )
+        self.manager.forget(self)
+        log.info("%s: stream ended after %d segments", self.name, self.segments)
+
+
+def _metadata_mentions(metadata: bytes, key: bytes) -> bool:
+    return len(key).to_bytes(2, "big") + key in metadata
+
+
+class StreamManager:
+    """All live streams of this server, by channel."""
+
+    def __init__(self, settings: Settings, store: Store, storage: Storage) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.streams: dict[int, LiveStream] = {}
+        """Active or reconnect-pending streams by channel id."""
+        self._recent_prefix: dict[str, str] = {}
+
+    def worker_spec(self, prefix: str, epoch: int, first_sequence: int) -> dict[str, Any]:
+        transcode, hls = self.settings.transcode, self.settings.hls
+        return {
+            "output_dir": str((self.storage.root / prefix).resolve()),
+            "epoch": epoch,
+            "first_sequence": first_sequence,
+            "segment_duration": hls.segment_duration,
+            "format": hls.segment_format,
+            "source_rendition": transcode.source_rendition,
+            "ladder": [rung.model_dump() for rung in transcode.ladder],
+            "x264_preset": transcode.x264_preset,
+            "x264_tune": transcode.x264_tune,
+            "audio_bitrate": transcode.audio_bitrate,
+        }
+
+    async def start_publish(self, stream_key: str, publisher: Publisher) -> LiveStream:
+        """Authorize a publish and attach the publisher to its channel's stream."""
+        channel = await asyncio.to_thread(self.store.channel_for_key, stream_key)
+        if channel is None:
+            raise PublishRefused("unknown or revoked stream key")
+        assert channel.id is not None
+        stream = self.streams.get(channel.id)
+        if stream is not None and not stream.ended:
+            stream.cancel_end()
+            stale = stream.publisher
+            if stale is not None:
+                # Same key while still publishing: OBS reconnecting before we noticed the drop.
+                log.info("%s: new publisher %s replaces %s", stream.name, publisher.peer, stale.peer)
+                stream.publisher = None
+                stale.kick("replaced by a new connection with the same stream key")
+            await stream.stop_worker()
+            stream.publisher = publisher
+            log.info("%s: publisher %s resumed the stream", stream.name, publisher.peer)
+            return stream
+        session = await asyncio.to_thread(self.store.start_session, channel.id)
+        assert session.id is not None
+        stream = LiveStream(self, channel, session.id)
+        stream.publisher = publisher
+        self.streams[channel.id] = stream
+        self._recent_prefix[channel.slug] = stream.prefix
+        log.info("%s: publishing from %s", stream.name, publisher.peer)
+        return stream
+
+    async def publisher_gone(self, stream: LiveStream, publisher: Publisher) -> None:
+        """The publisher stopped or dropped; end the stream unless it returns in time."""
+        if stream.publisher is not publisher:
+            return  # already replaced by a reconnect
+        stream.publisher = None
+        await stream.stop_worker()
+        if stream.publisher is None and not stream.ended:
+            stream.schedule_end(self.settings.rtmp.reconnect_window)
+
+    def forget(self, stream: LiveStream) -> None:
+        if self.streams.get(stream.channel.id or -1) is stream:
+            del self.streams[stream.channel.id or -1]
+
+    def stream_for_slug(self, slug: str) -> LiveStream | None:
+        for stream in self.streams.values():
+            if stream.channel.slug == slug:
+                return stream
+        return None
+
+    def media_prefix(self, slug: str) -> str | None:
+        """Storage prefix that ``/live/{slug}/`` serves: the current or latest session."""
+        stream = self.stream_for_slug(slug)
+        if stream is not None:
+            return stream.prefix
+        if slug not in self._recent_prefix:
+            try:
+                channel = self.store.get_channel(slug)
+            except LookupError:
+                return None
+            except ValueError:
+                return None
+            sessions = self.store.sessions(channel.id)
+            if not sessions:
+                return None
+            self._recent_prefix[slug] = f"streams/{sessions[-1].id}"
+        return self._recent_prefix[slug]
+
+    def media_root(self) -> Path:
+        return self.storage.root
+
+    async def shutdown(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.publisher is not None:
+                stream.publisher.kick("server shutting down")
+                stream.publisher = None
+            with contextlib.suppress(Exception):
+                await stream.finish()

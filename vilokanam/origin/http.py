@@ -1,0 +1,100 @@
+"""HTTP delivery of live HLS: playlists and segments under ``/live/{slug}/``, plus ``/healthz``.
+
+Only files inside the stream's media folder are served; anything else is a 404, whatever the
+path tries (``..``, absolute paths, encoded separators).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from vilokanam.config import Settings
+
+MediaResolver = Callable[[str], str | None]
+"""slug → storage prefix of its current (or latest) stream, or None."""
+
+CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".m4s": "video/iso.segment",
+    ".mp4": "video/mp4",
+    ".ts": "video/mp2t",
+    ".jpg": "image/jpeg",
+}
+PLAYLIST_CACHE = "no-cache, no-store"
+SEGMENT_CACHE = "public, max-age=31536000, immutable"
+
+_SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+
+
+def safe_relative(path: str) -> str | None:
+    """``path`` if every part is a plain file/folder name (no ``..``, no hidden files)."""
+    parts = path.split("/")
+    if not parts or len(parts) > 3 or not all(_SAFE_PART.match(part) for part in parts):
+        return None
+    if any(part.startswith(".") or ".." in part for part in parts):
+        return None
+    return path
+
+
+def cache_control(filename: str) -> str:
+    return PLAYLIST_CACHE if filename.endswith(".m3u8") else SEGMENT_CACHE
+
+
+@web.middleware
+async def cors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Browser players (hls.js on another origin) need CORS on every media response."""
+    origin = request.app["cors_origin"]
+    if request.method == "OPTIONS":
+        response: web.StreamResponse = web.Response(status=204)
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "Range, Authorization"
+    response.headers["Access-Control-Expose-Headers"] = "Content-Length, Content-Range"
+    return response
+
+
+async def serve_live(request: web.Request) -> web.StreamResponse:
+    slug = request.match_info["slug"]
+    relpath = safe_relative(request.match_info["path"])
+    if not _SLUG.match(slug) or relpath is None:
+        raise web.HTTPNotFound(text="not found")
+    resolve: MediaResolver = request.app["resolve_media"]
+    prefix = resolve(slug)
+    if prefix is None:
+        raise web.HTTPNotFound(text=f"channel {slug!r} is not streaming")
+    root: Path = request.app["media_root"]
+    file = root / prefix / relpath
+    suffix = file.suffix
+    if suffix not in CONTENT_TYPES or not file.is_file():
+        raise web.HTTPNotFound(text="not found")
+    headers = {"Cache-Control": cache_control(file.name), "Content-Type": CONTENT_TYPES[suffix]}
+    if suffix == ".m3u8":
+        # Small and replaced atomically: read whole so a rename mid-send cannot mix versions.
+        return web.Response(body=file.read_bytes(), headers=headers)
+    return web.FileResponse(file, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_app(settings: Settings, media_root: Path, resolve_media: MediaResolver) -> web.Application:
+    app = web.Application(middlewares=[cors_middleware])
+    app["cors_origin"] = settings.http.cors_origin
+    app["media_root"] = media_root
+    app["resolve_media"] = resolve_media
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/live/{slug}/{path:.+}", serve_live)
+    return app
