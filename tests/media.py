@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
+import multiprocessing
 import subprocess
 import time
 import urllib.error
@@ -33,7 +35,18 @@ def _pattern_frame(index: int, width: int, height: int) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(image, format="rgb24")
 
 
-def publish_pyav(
+def publish_pyav(url: str, **options: float) -> Published:
+    """Publish with PyAV from a child process (see :func:`publish_pyav_here` for options).
+
+    A child process, because libavformat keeps the GIL during its RTMP handshake: in the
+    test's own process it would freeze a server running in a thread of that process.
+    """
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(publish_pyav_here, url, **options).result(timeout=300)
+
+
+def publish_pyav_here(
     url: str,
     *,
     seconds: float = 12.0,
@@ -56,8 +69,13 @@ def publish_pyav(
     if video:
         vstream = output.add_stream("libx264", rate=fps)
         vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-        vstream.options = {"preset": "veryfast", "g": str(gop), "keyint_min": str(gop),
-                           "sc_threshold": "0", "bf": "0"}
+        vstream.options = {
+            "preset": "veryfast",
+            "g": str(gop),
+            "keyint_min": str(gop),
+            "sc_threshold": "0",
+            "bf": "0",
+        }
         vstream.codec_context.time_base = Fraction(1, fps)
     if audio:
         astream = output.add_stream("aac", rate=44100)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -72,11 +71,13 @@ class VilokanamServer:
                     "",
                     "Vilokanam is running. A 'demo' channel was created (shown once; "
                     "`vilokanam channel rotate-key demo` makes a new key):",
-                    f"  OBS > Settings > Stream > Service: Custom   Server: {self.urls.rtmp_server}",
+                    "  OBS > Settings > Stream > Service: Custom   "
+                    f"Server: {self.urls.rtmp_server}",
                     f"  Stream key: {key}",
                     f"  or: ffmpeg -re -i INPUT -c:v libx264 -g 60 -c:a aac -f flv "
                     f"{self.urls.rtmp_publish(key)}",
                     f"  Watch: {self.urls.playback(channel.slug)}",
+                    f"  In a browser: {self.urls.watch_page(channel.slug)}",
                     "",
                 ]
             )

@@ -125,8 +125,10 @@ def test_wrong_key_is_refused_and_creates_nothing(start_server, caplog) -> None:
         publish_pyav(f"{server.rtmp_base}/sk_not-a-real-key", seconds=2)
     assert server.store.sessions() == []
     assert not any((server.settings.media_dir / "streams").glob("*"))
-    assert any("publish refused: unknown or revoked stream key" in r.message for r in caplog.records)
-    status, body, _ = http_get(f"{server.http_base}/live/guarded/master.m3u8")
+    assert any(
+        "publish refused: unknown or revoked stream key" in r.message for r in caplog.records
+    )
+    status, _, _ = http_get(f"{server.http_base}/live/guarded/master.m3u8")
     assert status == 404
 
 

@@ -37,11 +37,8 @@ def test_env_overrides_file(tmp_path: Path) -> None:
 
 
 def test_env_ladder_as_json() -> None:
-    settings = load_settings(
-        environ={
-            "VILOKANAM_TRANSCODE_LADDER": '[{"name": "540p", "height": 540, "video_bitrate": 2000000}]'
-        }
-    )
+    ladder = '[{"name": "540p", "height": 540, "video_bitrate": 2000000}]'
+    settings = load_settings(environ={"VILOKANAM_TRANSCODE_LADDER": ladder})
     assert [rung.name for rung in settings.transcode.ladder] == ["540p"]
 
 
@@ -49,7 +46,10 @@ def test_env_ladder_as_json() -> None:
     ("environ", "expected"),
     [
         ({"VILOKANAM_RTMP_PORT": "70000"}, "rtmp.port"),
-        ({"VILOKANAM_HLS_SEGMENT_FORMAT": "ts"}, "hls.segment_format: Input should be 'fmp4' or 'mpegts'"),
+        (
+            {"VILOKANAM_HLS_SEGMENT_FORMAT": "ts"},
+            "hls.segment_format: Input should be 'fmp4' or 'mpegts'",
+        ),
         ({"VILOKANAM_RTMP_PROT": "1"}, "rtmp.prot: unknown setting"),
         ({"VILOKANAM_TRANSCODE_X264_PRESET": "warp"}, "transcode.x264_preset"),
         ({"VILOKANAM_HTTP_PORT": "1935", "VILOKANAM_HTTP_HOST": "0.0.0.0"}, "must differ"),

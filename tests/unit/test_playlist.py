@@ -14,7 +14,9 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def entry(seq: int, duration: float = 2.0, *, disc: bool = False, init: str = "init-0.mp4"):  # type: ignore[no-untyped-def]
-    return SegmentEntry(seq, f"seg-{seq}.m4s", duration, T0 + timedelta(seconds=2 * seq), init, disc)
+    return SegmentEntry(
+        seq, f"seg-{seq}.m4s", duration, T0 + timedelta(seconds=2 * seq), init, disc
+    )
 
 
 def test_window_slides_and_reports_removed_segments() -> None:
@@ -66,8 +68,19 @@ def test_no_extinf_rounds_above_target_duration(durations: list[float]) -> None:
 def test_master_lists_every_variant_with_all_attributes() -> None:
     text = render_master(
         [
-            Variant("360p", "360p/index.m3u8", 950_000, 900_000, "avc1.64001e,mp4a.40.2", 640, 360, 30.0),
-            Variant("source", "source/index.m3u8", 4_500_000, 4_000_000, "avc1.640028,mp4a.40.2", 1920, 1080, 29.97),
+            Variant(
+                "360p", "360p/index.m3u8", 950_000, 900_000, "avc1.64001e,mp4a.40.2", 640, 360, 30.0
+            ),
+            Variant(
+                "source",
+                "source/index.m3u8",
+                4_500_000,
+                4_000_000,
+                "avc1.640028,mp4a.40.2",
+                1920,
+                1080,
+                29.97,
+            ),
         ]
     )
     master = m3u8.loads(text)
@@ -81,6 +94,8 @@ def test_master_lists_every_variant_with_all_attributes() -> None:
 
 
 def test_audio_only_variant_has_no_resolution() -> None:
-    master = m3u8.loads(render_master([Variant("source", "source/index.m3u8", 130_000, 128_000, "mp4a.40.2")]))
+    master = m3u8.loads(
+        render_master([Variant("source", "source/index.m3u8", 130_000, 128_000, "mp4a.40.2")])
+    )
     info = master.playlists[0].stream_info
     assert info.resolution is None and info.codecs == "mp4a.40.2"

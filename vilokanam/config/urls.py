@@ -34,8 +34,13 @@ class Urls:
     def playback(self, slug: str) -> str:
         return f"{self.http_base}/live/{slug}/master.m3u8"
 
+    def watch_page(self, slug: str) -> str:
+        return f"{self.http_base}/watch/{slug}"
 
-def urls_for(settings: Settings, rtmp_port: int | None = None, http_port: int | None = None) -> Urls:
+
+def urls_for(
+    settings: Settings, rtmp_port: int | None = None, http_port: int | None = None
+) -> Urls:
     host = public_host(settings)
     rtmp_port = rtmp_port or settings.rtmp.port
     http_port = http_port or settings.http.port

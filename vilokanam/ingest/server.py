@@ -15,6 +15,7 @@ from vilokanam.ingest import flv
 from vilokanam.ingest.rtmp import (
     AudioData,
     ConnectionClosedByPeer,
+    ConnectionState,
     ConnectRequested,
     MetaData,
     ProtocolError,
@@ -22,8 +23,8 @@ from vilokanam.ingest.rtmp import (
     ServerConnection,
     Unpublished,
     VideoData,
+    amf0,
 )
-from vilokanam.ingest.rtmp import amf0
 from vilokanam.ingest.streams import LiveStream, Publisher, PublishRefused, StreamManager
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,12 @@ class RtmpConnectionHandler:
         while True:
             if self._kicked:
                 raise _Closed(self._kicked)
-            timeout = idle if self.conn.state.name not in ("HANDSHAKE",) else handshake_deadline
+            in_handshake = self.conn.state is ConnectionState.HANDSHAKE
+            timeout = handshake_deadline if in_handshake else idle
             try:
                 data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
             except TimeoutError:
-                phase = "handshake" if self.conn.state.name == "HANDSHAKE" else "idle"
+                phase = "handshake" if in_handshake else "idle"
                 log.warning("rtmp %s: %s timeout after %.0f s", self.peer, phase, timeout)
                 raise _Closed(f"{phase} timeout") from None
             events = self.conn.receive_data(data)
@@ -128,7 +130,9 @@ class RtmpConnectionHandler:
             raise ProtocolError("publish while already publishing on this connection")
         app = event.app.strip("/")
         if app != self.settings.rtmp.app:
-            await self._refuse(event, f"unknown application {app!r} (use /{self.settings.rtmp.app})")
+            await self._refuse(
+                event, f"unknown application {app!r} (use /{self.settings.rtmp.app})"
+            )
             return
         publisher = Publisher(peer=self.peer, kick=self.kick)
         try:

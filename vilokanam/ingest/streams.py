@@ -81,9 +81,9 @@ class LiveStream:
             elif flv.is_sequence_header(tag_type, body):
                 self._sequence_headers[tag_type] = body
             elif self._need_keyframe:
-                if tag_type != flv.TAG_VIDEO or not flv.is_keyframe(body):
-                    if tag_type == flv.TAG_VIDEO or flv.TAG_VIDEO in self._sequence_headers:
-                        return  # a restarted worker begins at a keyframe
+                has_video = tag_type == flv.TAG_VIDEO or flv.TAG_VIDEO in self._sequence_headers
+                if has_video and not (tag_type == flv.TAG_VIDEO and flv.is_keyframe(body)):
+                    return  # a restarted worker begins at a keyframe
                 self._need_keyframe = False
             if self.worker is None:
                 if tag_type == flv.TAG_SCRIPT:
@@ -159,7 +159,10 @@ class LiveStream:
         if self.segments == 1 or sequence % 30 == 0:
             state = SessionState.LIVE
             await asyncio.to_thread(
-                self.manager.store.update_session, self.session_id, state=state, segments=self.segments
+                self.manager.store.update_session,
+                self.session_id,
+                state=state,
+                segments=self.segments,
             )
             if self.segments == 1:
                 log.info("%s: live at /live/%s/%s", self.name, self.channel.slug, MASTER)
@@ -237,7 +240,9 @@ class StreamManager:
             stale = stream.publisher
             if stale is not None:
                 # Same key while still publishing: OBS reconnecting before we noticed the drop.
-                log.info("%s: new publisher %s replaces %s", stream.name, publisher.peer, stale.peer)
+                log.info(
+                    "%s: new publisher %s replaces %s", stream.name, publisher.peer, stale.peer
+                )
                 stream.publisher = None
                 stale.kick("replaced by a new connection with the same stream key")
             await stream.stop_worker()

@@ -7,7 +7,7 @@ path tries (``..``, absolute paths, encoded separators).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 
 from aiohttp import web
@@ -16,6 +16,10 @@ from vilokanam.config import Settings
 
 MediaResolver = Callable[[str], str | None]
 """slug → storage prefix of its current (or latest) stream, or None."""
+
+CORS_ORIGIN = web.AppKey("cors_origin", str)
+MEDIA_ROOT = web.AppKey("media_root", Path)
+RESOLVE_MEDIA = web.AppKey("resolve_media", MediaResolver)
 
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
@@ -45,23 +49,28 @@ def cache_control(filename: str) -> str:
     return PLAYLIST_CACHE if filename.endswith(".m3u8") else SEGMENT_CACHE
 
 
+def _add_cors(headers: MutableMapping[str, str], origin: str) -> None:
+    headers["Access-Control-Allow-Origin"] = origin
+    headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
+    headers["Access-Control-Allow-Headers"] = "Range, Authorization"
+    headers["Access-Control-Expose-Headers"] = "Content-Length, Content-Range"
+
+
 @web.middleware
 async def cors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Browser players (hls.js on another origin) need CORS on every media response."""
-    origin = request.app["cors_origin"]
+    origin = request.app[CORS_ORIGIN]
     if request.method == "OPTIONS":
         response: web.StreamResponse = web.Response(status=204)
     else:
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            response = exc
-    response.headers["Access-Control-Allow-Origin"] = origin
-    response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
-    response.headers["Access-Control-Allow-Headers"] = "Range, Authorization"
-    response.headers["Access-Control-Expose-Headers"] = "Content-Length, Content-Range"
+            _add_cors(exc.headers, origin)
+            raise
+    _add_cors(response.headers, origin)
     return response
 
 
@@ -70,11 +79,11 @@ async def serve_live(request: web.Request) -> web.StreamResponse:
     relpath = safe_relative(request.match_info["path"])
     if not _SLUG.match(slug) or relpath is None:
         raise web.HTTPNotFound(text="not found")
-    resolve: MediaResolver = request.app["resolve_media"]
+    resolve = request.app[RESOLVE_MEDIA]
     prefix = resolve(slug)
     if prefix is None:
         raise web.HTTPNotFound(text=f"channel {slug!r} is not streaming")
-    root: Path = request.app["media_root"]
+    root = request.app[MEDIA_ROOT]
     file = root / prefix / relpath
     suffix = file.suffix
     if suffix not in CONTENT_TYPES or not file.is_file():
@@ -86,15 +95,40 @@ async def serve_live(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(file, headers=headers)
 
 
+STATIC_DIR = Path(__file__).with_name("static")
+
+
+async def watch_page(request: web.Request) -> web.Response:
+    """A player page: native HLS where the browser has it, hls.js elsewhere."""
+    slug = request.match_info["slug"]
+    if not _SLUG.match(slug):
+        raise web.HTTPNotFound(text="not found")
+    html = (STATIC_DIR / "watch.html").read_text().replace("{{slug}}", slug)
+    return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """Optional player assets (``hls.min.js`` if an operator drops it into ``static/``)."""
+    name = request.match_info["name"]
+    file = STATIC_DIR / name
+    if not _SAFE_PART.match(name) or name.endswith(".html") or not file.is_file():
+        raise web.HTTPNotFound(text="not found")
+    return web.FileResponse(file, headers={"Cache-Control": "public, max-age=3600"})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def create_app(settings: Settings, media_root: Path, resolve_media: MediaResolver) -> web.Application:
+def create_app(
+    settings: Settings, media_root: Path, resolve_media: MediaResolver
+) -> web.Application:
     app = web.Application(middlewares=[cors_middleware])
-    app["cors_origin"] = settings.http.cors_origin
-    app["media_root"] = media_root
-    app["resolve_media"] = resolve_media
+    app[CORS_ORIGIN] = settings.http.cors_origin
+    app[MEDIA_ROOT] = media_root
+    app[RESOLVE_MEDIA] = resolve_media
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/live/{slug}/{path:.+}", serve_live)
+    app.router.add_get("/watch/{slug}", watch_page)
+    app.router.add_get("/static/{name}", static_file)
     return app

@@ -78,7 +78,9 @@ class LivePackager:
     def _path(self, relpath: str) -> str:
         return f"{self.prefix}/{relpath}"
 
-    def start_epoch(self, number: int, media_start: float, wallclock: datetime | None = None) -> None:
+    def start_epoch(
+        self, number: int, media_start: float, wallclock: datetime | None = None
+    ) -> None:
         """A worker starts; its segments map to wall-clock time from this moment."""
         self._epoch = _Epoch(number, wallclock or datetime.now(UTC), media_start)
 

@@ -41,15 +41,13 @@ class MediaPlaylist:
     def add(self, entry: SegmentEntry) -> list[SegmentEntry]:
         """Append a segment; returns the segments that left the window."""
         if self.segments and entry.sequence <= self.segments[-1].sequence:
-            raise ValueError(
-                f"segment {entry.sequence} is not after {self.segments[-1].sequence}"
-            )
+            raise ValueError(f"segment {entry.sequence} is not after {self.segments[-1].sequence}")
         self.segments.append(entry)
         self._max_duration = max(self._max_duration, entry.duration)
         removed = []
         while len(self.segments) > self.window:
             old = self.segments.popleft()
-            # A segment's discontinuity tag leaving the window bumps the sequence (RFC 8216 4.3.3.3).
+            # A discontinuity tag leaving the window bumps the sequence (RFC 8216 4.3.3.3).
             if old.discontinuity:
                 self.discontinuity_sequence += 1
             removed.append(old)
