@@ -19,10 +19,20 @@ import numpy as np
 
 @dataclass
 class Published:
-    """What a test publisher sent: video packet bytes in decode order, counts."""
+    """What a test publisher sent: video packets as on the wire (AVCC), in decode order."""
 
     video_packets: list[bytes] = field(default_factory=list)
     audio_packets: int = 0
+
+
+def annexb_to_avcc(packet: bytes) -> bytes:
+    """Annex B (start codes, as libx264 emits) → 4-byte length prefixes, as FLV/RTMP carry H.264."""
+    if not packet.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
+        return packet  # already length-prefixed
+    nal_units = []
+    for chunk in packet.split(b"\x00\x00\x01")[1:]:
+        nal_units.append(chunk[:-1] if chunk.endswith(b"\x00") else chunk)
+    return b"".join(len(nal).to_bytes(4, "big") + nal for nal in nal_units if nal)
 
 
 def _pattern_frame(index: int, width: int, height: int) -> av.VideoFrame:
@@ -93,7 +103,7 @@ def publish_pyav_here(
                 frame.pts = index + start_ms * fps // 1000
                 frame.time_base = Fraction(1, fps)
                 for packet in vstream.encode(frame):
-                    published.video_packets.append(bytes(packet))
+                    published.video_packets.append(annexb_to_avcc(bytes(packet)))
                     output.mux(packet)
             while astream is not None and audio_clock < (index + 1) / fps * 44100:
                 chunk = tone[audio_clock : audio_clock + samples_per_frame]
@@ -114,7 +124,7 @@ def publish_pyav_here(
                 continue
             for packet in stream.encode(None):
                 if stream is vstream:
-                    published.video_packets.append(bytes(packet))
+                    published.video_packets.append(annexb_to_avcc(bytes(packet)))
                 else:
                     published.audio_packets += 1
                 output.mux(packet)
