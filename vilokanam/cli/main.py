@@ -119,15 +119,17 @@ def channel_list(config: ConfigOption = None, as_json: JsonOption = False) -> No
     table = Table("slug", "title", "created", "key rotated", "playback URL")
     for row in rows:
         table.add_row(
-            row["slug"], row["title"], row["created_at"], row["key_rotated_at"], row["playback_url"]
+            row["slug"],
+            row["title"],
+            row["created_at"][:16].replace("T", " "),
+            row["key_rotated_at"][:16].replace("T", " "),
+            row["playback_url"],
         )
     console.print(table if rows else "No channels yet: `vilokanam channel create SLUG`.")
 
 
 @channel_app.command("rotate-key")
-def channel_rotate_key(
-    slug: str, config: ConfigOption = None, as_json: JsonOption = False
-) -> None:
+def channel_rotate_key(slug: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Give a channel a new stream key; the old key stops working at once."""
     settings = _settings(config)
     try:
