@@ -207,3 +207,42 @@ def test_playlists_never_name_a_missing_segment(start_server) -> None:  # type: 
     assert len(versions) >= 3, "the window slid while we watched"
     status, _, _ = http_get(f"{server.http_base}/live/window/source/seg-0.m4s")
     assert status == 404, "segments that left the window are deleted"
+
+
+@pytest.mark.parametrize(("audio", "video"), [(True, False), (False, True)])
+def test_audio_only_and_video_only_sources_play(start_server, audio: bool, video: bool) -> None:  # type: ignore[no-untyped-def]
+    server = start_server()
+    key = server.create_channel("partial")
+    publish_pyav(f"{server.rtmp_base}/{key}", seconds=6, pace=4.0, audio=audio, video=video)
+    wait_until_ended(server, "partial")
+    ladder = read_ladder(f"{server.http_base}/live/partial/master.m3u8")
+    assert list(ladder) == ["source"]
+    info = ladder["source"].stream_info
+    summary = decode_summary(ladder["source"].whole())
+    if video:
+        assert info.codecs.startswith("avc1.") and "mp4a" not in info.codecs
+        assert info.resolution == (640, 360)
+        assert summary["video_frames"] == 150 and summary["audio_frames"] == 0
+    else:
+        assert info.codecs == "mp4a.40.2" and info.resolution is None
+        assert summary["video_frames"] == 0 and summary["audio_frames"] > 200
+        durations = [s.duration for s in ladder["source"].playlist.segments]
+        assert all(d == pytest.approx(2.0, rel=0.10) for d in durations[:-1])
+
+
+def test_mpegts_segments_by_config(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server(hls={"segment_format": "mpegts"}, transcode={"ladder": TEST_LADDER})
+    key = server.create_channel("tsout")
+    published = publish_pyav(f"{server.rtmp_base}/{key}", seconds=6, pace=4.0)
+    wait_until_ended(server, "tsout")
+    ladder = read_ladder(f"{server.http_base}/live/tsout/master.m3u8")
+    assert set(ladder) == set(EXPECTED_SIZES)
+    for name, rendition in ladder.items():
+        assert rendition.init is None and not rendition.playlist.segment_map
+        assert all(s.uri.endswith(".ts") for s in rendition.playlist.segments)
+        status, _, headers = http_get(rendition.playlist.segments[0].absolute_uri)
+        assert status == 200 and headers["Content-Type"] == "video/mp2t"
+        summary = decode_summary(rendition.whole())
+        assert summary["size"] == EXPECTED_SIZES[name]
+        assert summary["video_frames"] == len(published.video_packets)
+        assert summary["audio_frames"] > 0
