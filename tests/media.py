@@ -16,6 +16,15 @@ import av
 import m3u8
 import numpy as np
 
+TEST_LADDER = [
+    {"name": "720p", "height": 720, "video_bitrate": 3_000_000},  # above the source: dropped
+    {"name": "360p", "height": 360, "video_bitrate": 800_000},  # equal to the source: dropped
+    {"name": "240p", "height": 240, "video_bitrate": 400_000},
+    {"name": "180p", "height": 180, "video_bitrate": 250_000},
+]
+"""A ladder for a 640x360 test source: two rungs kept, two dropped (no upscaling)."""
+EXPECTED_SIZES = {"source": (640, 360), "240p": (426, 240), "180p": (320, 180)}
+
 
 @dataclass
 class Published:

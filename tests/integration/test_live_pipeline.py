@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import require_tool
 from tests.media import (
+    EXPECTED_SIZES,
+    TEST_LADDER,
     decode_summary,
     http_get,
     publish_pyav,
@@ -21,14 +23,6 @@ from tests.media import (
 from vilokanam.store import SessionState
 
 pytestmark = pytest.mark.e2e
-
-TEST_LADDER = [
-    {"name": "720p", "height": 720, "video_bitrate": 3_000_000},  # above the source: dropped
-    {"name": "360p", "height": 360, "video_bitrate": 800_000},  # equal to the source: dropped
-    {"name": "240p", "height": 240, "video_bitrate": 400_000},
-    {"name": "180p", "height": 180, "video_bitrate": 250_000},
-]
-EXPECTED_SIZES = {"source": (640, 360), "240p": (426, 240), "180p": (320, 180)}
 
 
 def _ended(body: bytes) -> bool:

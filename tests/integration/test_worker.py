@@ -20,17 +20,12 @@ import av
 import numpy as np
 import pytest
 
+from tests.media import EXPECTED_SIZES as SIZES
+from tests.media import TEST_LADDER, video_packet_bytes
 from vilokanam.packager.boxes import decode_times
 from vilokanam.packager.fmp4 import read_tracks
 
 FPS = 25
-TEST_LADDER = [
-    {"name": "720p", "height": 720, "video_bitrate": 3_000_000},  # above the source: dropped
-    {"name": "360p", "height": 360, "video_bitrate": 800_000},  # equal to the source: dropped
-    {"name": "240p", "height": 240, "video_bitrate": 400_000},
-    {"name": "180p", "height": 180, "video_bitrate": 250_000},
-]
-SIZES = {"source": (640, 360), "240p": (426, 240), "180p": (320, 180)}
 
 
 # -- sources -------------------------------------------------------------------------------
@@ -109,7 +104,7 @@ def make_flv(
     output.close()
     published.data = buffer.getvalue()
     if video:  # as the FLV carries them (length-prefixed NAL units, as RTMP sends them)
-        published.video_packets = video_packets(published.data)
+        published.video_packets = video_packet_bytes(published.data)
     return published
 
 
@@ -173,13 +168,6 @@ def decode(data: bytes) -> dict[str, list[Any]]:
             frames["audio"].append((time, frame.samples / frame.sample_rate))
     container.close()
     return frames
-
-
-def video_packets(data: bytes) -> list[bytes]:
-    container = av.open(io.BytesIO(data))
-    packets = [bytes(p) for p in container.demux(container.streams.video[0]) if p.size]
-    container.close()
-    return packets
 
 
 def assert_continuous(times: list[float], step: float, tolerance: float) -> None:
@@ -290,7 +278,7 @@ def test_fragments_carry_the_stream_timeline(ladder_run: Run) -> None:
 
 
 def test_source_rendition_is_the_published_video(ladder_run: Run, published: Flv) -> None:
-    assert video_packets(ladder_run.whole("source")) == published.video_packets
+    assert video_packet_bytes(ladder_run.whole("source")) == published.video_packets
 
 
 def test_stats_are_reported(ladder_run: Run) -> None:
@@ -385,7 +373,7 @@ def test_b_frames_keep_their_presentation_times(tmp_path: Path) -> None:
     for name in ("source", "240p"):
         times = [round(f[0] * 1000) for f in decode(run.whole(name))["video"]]
         assert times == truth, f"{name}: presentation times as published"
-    assert video_packets(run.whole("source")) == source.video_packets
+    assert video_packet_bytes(run.whole("source")) == source.video_packets
 
 
 def test_corrupt_input_fails_with_a_message(tmp_path: Path) -> None:
