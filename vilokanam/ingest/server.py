@@ -76,18 +76,21 @@ class RtmpConnectionHandler:
             await self._cleanup(reason)
 
     async def _loop(self) -> None:
-        handshake_deadline = self.settings.rtmp.handshake_timeout
-        idle = self.settings.rtmp.idle_timeout
+        rtmp = self.settings.rtmp
+        loop = asyncio.get_running_loop()
+        # The whole handshake must finish in time: a client trickling bytes gets no extension.
+        handshake_ends = loop.time() + rtmp.handshake_timeout
         while True:
             if self._kicked:
                 raise _Closed(self._kicked)
             in_handshake = self.conn.state is ConnectionState.HANDSHAKE
-            timeout = handshake_deadline if in_handshake else idle
+            timeout = max(0.0, handshake_ends - loop.time()) if in_handshake else rtmp.idle_timeout
             try:
                 data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
             except TimeoutError:
                 phase = "handshake" if in_handshake else "idle"
-                log.warning("rtmp %s: %s timeout after %.0f s", self.peer, phase, timeout)
+                limit = rtmp.handshake_timeout if in_handshake else rtmp.idle_timeout
+                log.warning("rtmp %s: %s timeout after %.1f s", self.peer, phase, limit)
                 raise _Closed(f"{phase} timeout") from None
             events = self.conn.receive_data(data)
             for event in events:
@@ -206,5 +209,7 @@ class RtmpServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
-        for task in list(self._connections):
+        tasks = list(self._connections)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

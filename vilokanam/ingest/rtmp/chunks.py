@@ -15,7 +15,11 @@ from vilokanam.ingest.rtmp.messages import Message, MessageType
 
 DEFAULT_CHUNK_SIZE: Final = 128
 MAX_CHUNK_SIZE: Final = 0x7FFFFFFF
-DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
+"""Largest audio/video message accepted (a 4K keyframe fits); RTMP allows 16 MiB - 1."""
+MAX_CONTROL_MESSAGE_SIZE: Final = 64 * 1024
+"""Commands, data and control messages are small; a huge one is an attack or garbage."""
+_MEDIA_TYPES: Final = frozenset({MessageType.AUDIO, MessageType.VIDEO, MessageType.AGGREGATE})
 DEFAULT_MAX_PENDING_BYTES: Final = 64 * 1024 * 1024
 MIN_CSID: Final = 2
 MAX_CSID: Final = 65599
@@ -144,10 +148,13 @@ class ChunkReader:
                 p += 4
 
         done = len(state.payload) if state.payload is not None else 0
-        if not in_progress and length > self.max_message_size:
+        limit = self.max_message_size
+        if type_id not in _MEDIA_TYPES:
+            limit = min(limit, MAX_CONTROL_MESSAGE_SIZE)
+        if not in_progress and length > limit:
             raise ProtocolError(
-                f"message of {length} bytes on chunk stream {csid} exceeds the "
-                f"{self.max_message_size}-byte limit"
+                f"message of {length} bytes (type {type_id}) on chunk stream {csid} exceeds "
+                f"the {limit}-byte limit"
             )
         size = min(self.chunk_size, length - done)
         if end < p + size:
