@@ -34,6 +34,14 @@ def test_window_slides_and_reports_removed_segments() -> None:
     assert not parsed.is_endlist
 
 
+def test_live_playlist_names_its_first_sequence_even_when_zero() -> None:
+    playlist = MediaPlaylist(target_duration=2.0, window=3)
+    playlist.add(entry(0))
+    text = playlist.render()
+    assert "#EXT-X-MEDIA-SEQUENCE:0\n" in text and text.count("MEDIA-SEQUENCE") == 1
+    assert m3u8.loads(text).media_sequence == 0
+
+
 def test_discontinuity_sequence_counts_discontinuities_that_left() -> None:
     playlist = MediaPlaylist(target_duration=2.0, window=2)
     playlist.add(entry(0))

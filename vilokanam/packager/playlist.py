@@ -81,7 +81,13 @@ class MediaPlaylist:
                 )
             )
         playlist.is_endlist = self.ended
-        return playlist.dumps()
+        text = playlist.dumps()
+        if "#EXT-X-MEDIA-SEQUENCE:" not in text:
+            # m3u8 leaves out a sequence of 0, and native players (Chromium, Safari) take a
+            # playlist without it for VOD: they stop at its end instead of reloading it.
+            tag = f"#EXT-X-MEDIA-SEQUENCE:{self.media_sequence}\n"
+            text = text.replace("#EXTM3U\n", "#EXTM3U\n" + tag, 1)
+        return text
 
 
 @dataclass(frozen=True)
