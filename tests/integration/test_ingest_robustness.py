@@ -430,8 +430,9 @@ def test_stale_publisher_is_replaced_and_the_playlist_continues(  # type: ignore
     assert sum(frames[: joins[0]]) == first_frames, "the stale publisher's media, all of it"
     assert sum(frames[joins[0] :]) == 6 * FPS, "the new publisher's media, all of it"
     inits = [s.init_section.uri for s in playlist.segments]
-    assert set(inits[: joins[0]]) == {"init-0.mp4"} and set(inits[joins[0] :]) == {"init-1.mp4"}
-    sequences = [int(s.uri.removeprefix("seg-").split(".")[0]) for s in playlist.segments]
+    assert set(inits[: joins[0]]) == {"s1-init-0.mp4"}
+    assert set(inits[joins[0] :]) == {"s1-init-1.mp4"}
+    sequences = [int(s.uri.removeprefix("s1-seg-").split(".")[0]) for s in playlist.segments]
     assert sequences == list(range(len(sequences)))
 
 
@@ -467,9 +468,10 @@ def test_killed_worker_is_restarted_and_the_stream_continues(start_server) -> No
     joins = [i for i, s in enumerate(playlist.segments) if s.discontinuity]
     assert len(joins) == 1, "one EXT-X-DISCONTINUITY, at the restart"
     inits = [s.init_section.uri for s in playlist.segments]
-    assert set(inits[: joins[0]]) == {"init-0.mp4"} and set(inits[joins[0] :]) == {"init-1.mp4"}
+    assert set(inits[: joins[0]]) == {"s1-init-0.mp4"}
+    assert set(inits[joins[0] :]) == {"s1-init-1.mp4"}
     assert (playlist.media_sequence or 0) == 0
-    sequences = [int(s.uri.removeprefix("seg-").split(".")[0]) for s in playlist.segments]
+    sequences = [int(s.uri.removeprefix("s1-seg-").split(".")[0]) for s in playlist.segments]
     assert sequences == list(range(len(sequences))), "no gap in the media sequence"
     # At most the GOP in flight when the worker died, and the one it restarts after, are lost.
     assert 12 * FPS - 2 * GOP_FRAMES <= sum(frames) < 12 * FPS, frames

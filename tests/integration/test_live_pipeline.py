@@ -153,7 +153,9 @@ def test_reconnect_within_window_continues_the_playlist(start_server) -> None:  
     discontinuities = [i for i, s in enumerate(playlist.segments) if s.discontinuity]
     assert len(discontinuities) == 1
     assert discontinuities[0] == 3, "after the first publisher's three segments"
-    assert len({s.init_section.uri for s in playlist.segments}) == 2
+    assert [s.init_section.uri for s in playlist.segments] == ["s1-init-0.mp4"] * 3 + [
+        "s1-init-1.mp4"
+    ] * (len(playlist.segments) - 3)
     total_frames = 0
     for index, segment in enumerate(playlist.segments):
         init_status, init, _ = http_get(segment.init_section.absolute_uri)
@@ -169,6 +171,7 @@ def test_playlists_never_name_a_missing_segment(start_server) -> None:  # type: 
     playlist_url = f"{server.http_base}/live/window/source/index.m3u8"
     problems: list[str] = []
     versions: set[int] = set()
+    first_seen: list[str] = []
     stop = threading.Event()
 
     def poll() -> None:
@@ -180,6 +183,8 @@ def test_playlists_never_name_a_missing_segment(start_server) -> None:  # type: 
             assert headers["Cache-Control"] == "no-cache, no-store"
             playlist = m3u8.loads(body.decode(), uri=playlist_url)
             versions.add(playlist.media_sequence or 0)
+            if playlist.media_sequence == 0 and playlist.segments and not first_seen:
+                first_seen.append(playlist.segments[0].uri)
             assert len(playlist.segments) <= 3
             for segment in playlist.segments:
                 seg_status, _, seg_headers = http_get(segment.absolute_uri)
@@ -199,7 +204,8 @@ def test_playlists_never_name_a_missing_segment(start_server) -> None:  # type: 
         poller.join(30)
     assert not problems, problems
     assert len(versions) >= 3, "the window slid while we watched"
-    status, _, _ = http_get(f"{server.http_base}/live/window/source/seg-0.m4s")
+    assert first_seen, "the first segment's name was seen"
+    status, _, _ = http_get(f"{server.http_base}/live/window/source/{first_seen[0]}")
     assert status == 404, "segments that left the window are deleted"
 
 
@@ -240,3 +246,19 @@ def test_mpegts_segments_by_config(start_server) -> None:  # type: ignore[no-unt
         assert summary["size"] == EXPECTED_SIZES[name]
         assert summary["video_frames"] == len(published.video_packets)
         assert summary["audio_frames"] > 0
+
+
+def test_a_new_session_never_reuses_a_segment_url(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Segments are cached as immutable: a later stream of the channel must use new URLs."""
+    server = start_server(rtmp={"reconnect_window": 0.5})
+    key = server.create_channel("again")
+    urls = []
+    for _ in range(2):
+        publish_pyav(f"{server.rtmp_base}/{key}", seconds=4, pace=4.0)
+        wait_until_ended(server, "again")
+        ladder = read_ladder(f"{server.http_base}/live/again/master.m3u8")
+        playlist = ladder["source"].playlist
+        urls.append({s.absolute_uri for s in playlist.segments} | {playlist.segment_map[0].uri})
+        assert decode_summary(ladder["source"].whole())["video_frames"] == 100
+    assert len(server.store.sessions()) == 2
+    assert not urls[0] & urls[1]

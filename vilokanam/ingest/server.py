@@ -201,15 +201,18 @@ class RtmpServer:
         assert task is not None
         self._connections.add(task)
         try:
-            await RtmpConnectionHandler(reader, writer, self.manager, self.settings).run()
+            with contextlib.suppress(asyncio.CancelledError):  # shutdown: nothing to report
+                await RtmpConnectionHandler(reader, writer, self.manager, self.settings).run()
         finally:
             self._connections.discard(task)
 
     async def stop(self) -> None:
+        """Stop listening, close every connection, then wait (3.12+ waits for clients here)."""
         if self.server is not None:
             self.server.close()
-            await self.server.wait_closed()
         tasks = list(self._connections)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()

@@ -100,7 +100,9 @@ class LiveStream:
         if self.restarts > self.settings.transcode.max_restarts:
             return
         self.epoch += 1
-        spec = self.manager.worker_spec(self.prefix, self.epoch, self.packager.next_sequence)
+        spec = self.manager.worker_spec(
+            self.prefix, self.session_id, self.epoch, self.packager.next_sequence
+        )
         worker = WorkerProcess(spec, self.packager.handle, name=f"{self.name}/e{self.epoch}")
         self.packager.start_epoch(self.epoch, media_start=timestamp / 1000)
         await worker.start()
@@ -131,13 +133,15 @@ class LiveStream:
         self._need_keyframe = True
         if self.restarts > self.settings.transcode.max_restarts:
             log.error(
-                "%s: transcode worker failed %d times; stopping the stream "
+                "%s: transcode worker failed %d times; ending the stream "
                 "(check the publisher's codec settings: H.264 + AAC)",
                 self.name,
                 self.restarts,
             )
-            if self.publisher is not None:
-                self.publisher.kick("transcoder failed")
+            publisher, self.publisher = self.publisher, None
+            if publisher is not None:
+                publisher.kick("transcoder failed")
+            self.schedule_end(0)  # runs as its own task, once ``feed`` has released the lock
         else:
             log.warning("%s: restarting transcode worker (%d)", self.name, self.restarts)
 
@@ -153,18 +157,28 @@ class LiveStream:
                 log.warning("%s: transcode worker exited with code %s", self.name, code)
             self._need_keyframe = True
 
+    def new_publisher(self, publisher: Publisher) -> None:
+        """A different connection continues this stream: its codecs may differ, so forget ours."""
+        self.publisher = publisher
+        self._metadata = None
+        self._sequence_headers.clear()
+        self._need_keyframe = False
+        self.restarts = 0
+
     # -- lifecycle ------------------------------------------------------------
     async def _on_segment(self, sequence: int) -> None:
-        self.segments = max(self.segments, sequence + 1)
-        if self.segments == 1 or sequence % 30 == 0:
-            state = SessionState.LIVE
+        if sequence < self.segments:
+            return  # another rendition's copy of a segment already counted
+        first = self.segments == 0
+        self.segments = sequence + 1
+        if first or sequence % 30 == 0:
             await asyncio.to_thread(
                 self.manager.store.update_session,
                 self.session_id,
-                state=state,
+                state=SessionState.LIVE,
                 segments=self.segments,
             )
-            if self.segments == 1:
+            if first:
                 log.info("%s: live at /live/%s/%s", self.name, self.channel.slug, MASTER)
 
     def schedule_end(self, delay: float) -> None:
@@ -211,12 +225,17 @@ class StreamManager:
         self.storage = storage
         self.streams: dict[int, LiveStream] = {}
         """Active or reconnect-pending streams by channel id."""
+        self._publish_locks: dict[int, asyncio.Lock] = {}
+        """One publish decision at a time per channel: no two sessions, no two feeders."""
         self._recent_prefix: dict[str, str] = {}
 
-    def worker_spec(self, prefix: str, epoch: int, first_sequence: int) -> dict[str, Any]:
+    def worker_spec(
+        self, prefix: str, session_id: int, epoch: int, first_sequence: int
+    ) -> dict[str, Any]:
         transcode, hls = self.settings.transcode, self.settings.hls
         return {
             "output_dir": str((self.storage.root / prefix).resolve()),
+            "file_prefix": f"s{session_id}-",
             "epoch": epoch,
             "first_sequence": first_sequence,
             "segment_duration": hls.segment_duration,
@@ -234,6 +253,11 @@ class StreamManager:
         if channel is None:
             raise PublishRefused("unknown or revoked stream key")
         assert channel.id is not None
+        async with self._publish_locks.setdefault(channel.id, asyncio.Lock()):
+            return await self._attach(channel, publisher)
+
+    async def _attach(self, channel: Channel, publisher: Publisher) -> LiveStream:
+        assert channel.id is not None
         stream = self.streams.get(channel.id)
         if stream is not None and not stream.ended:
             stream.cancel_end()
@@ -246,9 +270,10 @@ class StreamManager:
                 stream.publisher = None
                 stale.kick("replaced by a new connection with the same stream key")
             await stream.stop_worker()
-            stream.publisher = publisher
-            log.info("%s: publisher %s resumed the stream", stream.name, publisher.peer)
-            return stream
+            if not stream.ended:
+                stream.new_publisher(publisher)
+                log.info("%s: publisher %s resumed the stream", stream.name, publisher.peer)
+                return stream
         session = await asyncio.to_thread(self.store.start_session, channel.id)
         assert session.id is not None
         stream = LiveStream(self, channel, session.id)
@@ -285,9 +310,7 @@ class StreamManager:
         if slug not in self._recent_prefix:
             try:
                 channel = self.store.get_channel(slug)
-            except LookupError:
-                return None
-            except ValueError:
+            except ValueError:  # unknown channel (ChannelNotFound)
                 return None
             sessions = self.store.sessions(channel.id)
             if not sessions:

@@ -113,6 +113,8 @@ class LivePackager:
         rendition = self._rendition(event["rendition"])
         epoch = self._epoch or _Epoch(0, datetime.now(UTC), float(event["start"]))
         sequence = int(event["sequence"])
+        # First: a restarted worker must never reuse this number, whatever happens below.
+        self.next_sequence = max(self.next_sequence, sequence + 1)
         await self.storage.publish_segment(self._path(event["path"]))
         entry = SegmentEntry(
             sequence=sequence,
@@ -136,7 +138,6 @@ class LivePackager:
         await self.storage.publish_playlist(
             self._path(media_playlist_path(rendition.name)), rendition.playlist.render()
         )
-        self.next_sequence = max(self.next_sequence, sequence + 1)
         await self._delete_expired(rendition, removed)
         await self._maybe_write_master()
         if self.on_segment is not None:

@@ -74,6 +74,7 @@ class LadderBuilder:
             output_dir=self.spec.output_dir,
             epoch=self.spec.epoch,
             first_sequence=self.spec.first_sequence,
+            file_prefix=self.spec.file_prefix,
         )
 
     def _source_output(self) -> RenditionOutput:

@@ -44,11 +44,13 @@ class RenditionOutput:
         output_dir: Path,
         epoch: int,
         first_sequence: int,
+        file_prefix: str = "",
     ) -> None:
         self.info = info
         self.muxer = muxer
         self.events = events
         self.epoch = epoch
+        self.file_prefix = file_prefix
         self.first_sequence = first_sequence
         self.directory = output_dir / info.name
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,7 @@ class RenditionOutput:
         media = self.muxer.mux(tracks, sequence + 1)
         if self.segments_written == 0:
             self._announce(len(media), cut)
-        relpath = f"{self.info.name}/seg-{sequence}.{self.muxer.extension}"
+        relpath = f"{self.info.name}/{self.file_prefix}seg-{sequence}.{self.muxer.extension}"
         write_atomic(self.directory.parent / relpath, media)
         self.segments_written += 1
         self.events.emit(
@@ -114,7 +116,7 @@ class RenditionOutput:
     def _announce(self, first_size: int, first: Cut) -> None:
         """Write the init segment and emit the ``rendition`` event (before the first segment)."""
         if self.muxer.init is not None:
-            self._init_path = f"{self.info.name}/init-{self.epoch}.mp4"
+            self._init_path = f"{self.info.name}/{self.file_prefix}init-{self.epoch}.mp4"
             write_atomic(self.directory.parent / self._init_path, self.muxer.init)
         measured = int(first_size * 8 / first.duration) if first.duration > 0 else 0
         info = self.info

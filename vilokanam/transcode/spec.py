@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -29,6 +30,9 @@ class WorkerSpec:
     x264_preset: str = "veryfast"
     x264_tune: str = "zerolatency"
     audio_bitrate: int = 128_000
+    file_prefix: str = ""
+    """Put before every file name: makes segment URLs unique per stream session, so a
+    cache that keeps an "immutable" segment never serves it for another session's."""
 
     @property
     def segment_fraction(self) -> Fraction:
@@ -61,11 +65,14 @@ class WorkerSpec:
                 x264_preset=str(raw.get("x264_preset") or "veryfast"),
                 x264_tune=str(raw.get("x264_tune") or ""),
                 audio_bitrate=int(raw.get("audio_bitrate", 128_000)),
+                file_prefix=str(raw.get("file_prefix", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"bad worker spec: {exc!r}") from exc
         if spec.format not in ("fmp4", "mpegts"):
             raise SpecError(f"format must be 'fmp4' or 'mpegts', not {spec.format!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{0,32}", spec.file_prefix):
+            raise SpecError("file_prefix may hold only letters, digits, '_' and '-'")
         if spec.segment_duration <= 0:
             raise SpecError("segment_duration must be positive")
         return spec

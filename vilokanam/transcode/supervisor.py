@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
+WRITE_TIMEOUT = 10.0
+"""A worker that takes no input for this long is hung: it is killed (and restarted)."""
+
 
 class WorkerGone(RuntimeError):
     """The worker exited or closed its input; the stream must restart it to go on."""
@@ -61,9 +64,12 @@ class WorkerProcess:
             raise WorkerGone(f"{self.name}: worker exited with {self.process.returncode}")
         try:
             self.process.stdin.write(data)
-            await self.process.stdin.drain()
+            await asyncio.wait_for(self.process.stdin.drain(), WRITE_TIMEOUT)
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise WorkerGone(f"{self.name}: worker input closed ({exc})") from exc
+        except TimeoutError:
+            self.kill()
+            raise WorkerGone(f"{self.name}: worker stopped reading its input; killed") from None
 
     async def close_input(self) -> None:
         """EOF: the worker flushes its last segments and exits."""
@@ -72,18 +78,22 @@ class WorkerProcess:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             if not self.process.stdin.is_closing():
                 self.process.stdin.close()
-                await self.process.stdin.wait_closed()
+                try:
+                    await asyncio.wait_for(self.process.stdin.wait_closed(), WRITE_TIMEOUT)
+                except TimeoutError:
+                    log.error("%s: worker stopped reading its input; killing it", self.name)
+                    self.kill()
 
     async def wait(self, timeout: float = 15.0) -> int:
         """Wait for exit (events all handled); kill it after ``timeout`` seconds."""
         assert self.process is not None
-        try:
-            await asyncio.wait_for(asyncio.gather(*self._tasks), timeout)
-            return await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
+        _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        if pending:
             log.error("%s: worker did not exit within %.0f s; killing it", self.name, timeout)
             self.kill()
-            return await self.process.wait()
+        # After exit (or kill) the readers reach EOF: every event written is still handled.
+        await asyncio.gather(*self._tasks)
+        return await self.process.wait()
 
     def kill(self) -> None:
         if self.running:
