@@ -129,6 +129,7 @@ class LiveStream:
         if worker is not None:
             worker.kill()
             await worker.wait(timeout=5)
+        await self.packager.end_epoch()
         self.restarts += 1
         self._need_keyframe = True
         if self.restarts > self.settings.transcode.max_restarts:
@@ -153,6 +154,7 @@ class LiveStream:
                 return
             await worker.close_input()
             code = await worker.wait()
+            await self.packager.end_epoch()
             if code != 0 and not worker.ended_cleanly:
                 log.warning("%s: transcode worker exited with code %s", self.name, code)
             self._need_keyframe = True

@@ -70,6 +70,10 @@ class LivePackager:
         self.renditions: dict[str, _Rendition] = {}
         self.ladder: list[str] = []
         self.next_sequence = 0
+        """First sequence number for the next worker: one past the last published segment."""
+        self._pending: dict[int, dict[str, dict[str, Any]]] = {}
+        """Segment events by sequence, held until every rendition has that sequence."""
+        self._pdt_end: datetime | None = None
         self.master_written = False
         self.ended = False
         self._epoch: _Epoch | None = None
@@ -81,8 +85,33 @@ class LivePackager:
     def start_epoch(
         self, number: int, media_start: float, wallclock: datetime | None = None
     ) -> None:
-        """A worker starts; its segments map to wall-clock time from this moment."""
-        self._epoch = _Epoch(number, wallclock or datetime.now(UTC), media_start)
+        """A worker starts; its segments map to wall-clock time from this moment.
+
+        Never before the end of what is already listed: PROGRAM-DATE-TIME only moves forward,
+        even after a publisher that sent faster than real time.
+        """
+        start = wallclock or datetime.now(UTC)
+        if self._pdt_end is not None:
+            start = max(start, self._pdt_end)
+        self._epoch = _Epoch(number, start, media_start)
+
+    async def end_epoch(self) -> None:
+        """The worker is gone: drop sequences that not every rendition finished.
+
+        A crash can leave the source rendition a segment ahead of the rungs; publishing it in
+        one rendition only would shift that playlist's numbering against the others.
+        """
+        dropped = [
+            self._path(event["path"])
+            for events in self._pending.values()
+            for event in events.values()
+        ]
+        if dropped:
+            log.warning(
+                "%s: dropping unfinished sequence(s) %s", self.prefix, sorted(self._pending)
+            )
+            await self.storage.delete(dropped)
+        self._pending.clear()
 
     async def handle(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -97,7 +126,8 @@ class LivePackager:
             if event.get("init"):
                 await self.storage.publish_segment(self._path(event["init"]))
         elif kind == "segment":
-            await self._add_segment(event)
+            self._pending.setdefault(int(event["sequence"]), {})[event["rendition"]] = event
+            await self._publish_complete_sequences()
         elif kind == "warning":
             log.warning("%s: transcoder: %s", self.prefix, event.get("message"))
         elif kind == "stats":
@@ -109,12 +139,23 @@ class LivePackager:
             self.renditions[name] = _Rendition(name, playlist)
         return self.renditions[name]
 
+    async def _publish_complete_sequences(self) -> None:
+        """Publish, in order, each sequence that every rendition of the ladder has written."""
+        names = self.ladder or list(self.renditions)
+        while self._pending:
+            sequence = min(self._pending)
+            events = self._pending[sequence]
+            if not all(name in events for name in names):
+                return
+            del self._pending[sequence]
+            self.next_sequence = max(self.next_sequence, sequence + 1)
+            for name in names:
+                await self._add_segment(events[name])
+
     async def _add_segment(self, event: dict[str, Any]) -> None:
         rendition = self._rendition(event["rendition"])
         epoch = self._epoch or _Epoch(0, datetime.now(UTC), float(event["start"]))
         sequence = int(event["sequence"])
-        # First: a restarted worker must never reuse this number, whatever happens below.
-        self.next_sequence = max(self.next_sequence, sequence + 1)
         await self.storage.publish_segment(self._path(event["path"]))
         entry = SegmentEntry(
             sequence=sequence,
@@ -129,6 +170,8 @@ class LivePackager:
             ),
         )
         rendition.epoch_of_last_segment = epoch.number
+        segment_end = entry.program_date_time + timedelta(seconds=entry.duration)
+        self._pdt_end = max(self._pdt_end or segment_end, segment_end)
         removed = rendition.playlist.add(entry)
         bits = int(event.get("size", 0)) * 8
         rendition.bits += bits
