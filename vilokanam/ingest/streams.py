@@ -193,6 +193,10 @@ class LiveStream:
             self._end_timer.cancel()
             self._end_timer = None
 
+    @property
+    def finishing(self) -> bool:
+        return self._finishing is not None
+
     async def finish(self) -> None:
         """End the session: ENDLIST on every playlist, ``ended`` in the store."""
         if self._finishing is None:
@@ -261,6 +265,8 @@ class StreamManager:
     async def _attach(self, channel: Channel, publisher: Publisher) -> LiveStream:
         assert channel.id is not None
         stream = self.streams.get(channel.id)
+        if stream is not None and stream.finishing:
+            await stream.finish()  # the window closed just now: this publisher starts anew
         if stream is not None and not stream.ended:
             stream.cancel_end()
             stale = stream.publisher
