@@ -169,8 +169,6 @@ class LiveStream:
 
     # -- lifecycle ------------------------------------------------------------
     async def _on_segment(self, sequence: int) -> None:
-        if sequence < self.segments:
-            return  # another rendition's copy of a segment already counted
         first = self.segments == 0
         self.segments = sequence + 1
         if first or sequence % 30 == 0:

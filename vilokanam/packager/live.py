@@ -67,6 +67,7 @@ class LivePackager:
         self.window = window
         self.delete_margin = delete_margin
         self.on_segment = on_segment
+        """Called once per sequence, after every rendition's playlist lists it."""
         self.renditions: dict[str, _Rendition] = {}
         self.ladder: list[str] = []
         self.next_sequence = 0
@@ -151,6 +152,9 @@ class LivePackager:
             self.next_sequence = max(self.next_sequence, sequence + 1)
             for name in names:
                 await self._add_segment(events[name])
+            await self._maybe_write_master()
+            if self.on_segment is not None:
+                await self.on_segment(sequence)
 
     async def _add_segment(self, event: dict[str, Any]) -> None:
         rendition = self._rendition(event["rendition"])
@@ -182,9 +186,6 @@ class LivePackager:
             self._path(media_playlist_path(rendition.name)), rendition.playlist.render()
         )
         await self._delete_expired(rendition, removed)
-        await self._maybe_write_master()
-        if self.on_segment is not None:
-            await self.on_segment(sequence)
 
     async def _delete_expired(self, rendition: _Rendition, removed: list[SegmentEntry]) -> None:
         rendition.pending_delete.extend(self._path(f"{rendition.name}/{e.uri}") for e in removed)
