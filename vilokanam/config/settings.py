@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -48,6 +49,85 @@ class HttpSettings(_Section):
     host: str = "0.0.0.0"
     port: Port = 8080
     cors_origin: str = "*"
+    viewer_timeout: Seconds = 30.0
+    """A viewer counts as watching while it fetched a playlist or segment this recently."""
+
+
+def _http_url(value: str, *, allow_empty: bool) -> str:
+    if not value and allow_empty:
+        return value
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+class ApiSettings(_Section):
+    enabled: bool = True
+    token: str = ""
+    """Operator bearer token for ``/api/v1``. Empty: generated on first start and kept in
+    ``{data_dir}/api-token`` (mode 0600)."""
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("must be at least 16 characters (or empty to generate one)")
+        return value
+
+
+WEBHOOK_EVENTS = (
+    "stream.started",
+    "stream.ended",
+    "stream.publish_rejected",
+    "channel.key_rotated",
+)
+WebhookEvent = Literal[
+    "stream.started", "stream.ended", "stream.publish_rejected", "channel.key_rotated"
+]
+
+
+class WebhookEndpoint(_Section):
+    url: str
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    secret: str = ""
+    """Signing secret for this endpoint; empty: ``webhooks.secret``."""
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        return _http_url(value, allow_empty=False)
+
+
+class WebhookSettings(_Section):
+    secret: str = ""
+    """HMAC-SHA256 signing secret shared with the receivers (env: VILOKANAM_WEBHOOKS_SECRET)."""
+    endpoints: list[WebhookEndpoint] = Field(default_factory=list)
+    timeout: Seconds = 5.0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 10
+    backoff_initial: Seconds = 1.0
+    backoff_max: Seconds = 300.0
+
+    @model_validator(mode="after")
+    def _secret_for_every_endpoint(self) -> WebhookSettings:
+        for endpoint in self.endpoints:
+            if not (endpoint.secret or self.secret):
+                raise ValueError(
+                    f"endpoint {endpoint.url} has no signing secret: set webhooks.secret "
+                    "(or VILOKANAM_WEBHOOKS_SECRET) or the endpoint's secret"
+                )
+        return self
+
+
+class PublishHookSettings(_Section):
+    url: str = ""
+    """POSTed before every publish; a 2xx answer allows it, anything else refuses. Empty: off."""
+    timeout: Seconds = 3.0
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        return _http_url(value, allow_empty=True)
 
 
 class HlsSettings(_Section):
@@ -102,11 +182,15 @@ class Settings(_Section):
     public_host: str = ""
     """Host name put in printed URLs; empty means this machine's address as seen by clients."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     rtmp: RtmpSettings = Field(default_factory=RtmpSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     hls: HlsSettings = Field(default_factory=HlsSettings)
     transcode: TranscodeSettings = Field(default_factory=TranscodeSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    publish_hook: PublishHookSettings = Field(default_factory=PublishHookSettings)
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:
@@ -146,8 +230,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
                 value = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{name}: not valid JSON ({exc})") from exc
-        section, _, rest = key.partition("_")
-        if section in _SECTIONS and rest:
+        section = max((s for s in _SECTIONS if key.startswith(s + "_")), key=len, default="")
+        rest = key[len(section) + 1 :]
+        if section and rest:
             overrides.setdefault(section, {})[rest] = value
         elif key in Settings.model_fields:
             overrides[key] = value

@@ -26,6 +26,7 @@ from vilokanam.ingest.rtmp import (
     amf0,
 )
 from vilokanam.ingest.streams import LiveStream, Publisher, PublishRefused, StreamManager
+from vilokanam.store import Channel
 
 log = logging.getLogger(__name__)
 
@@ -137,18 +138,22 @@ class RtmpConnectionHandler:
                 event, f"unknown application {app!r} (use /{self.settings.rtmp.app})"
             )
             return
-        publisher = Publisher(peer=self.peer, kick=self.kick)
+        key, _, query = event.name.partition("?")
+        publisher = Publisher(peer=self.peer, kick=self.kick, app=app, query=query)
         try:
-            stream = await self.manager.start_publish(event.name, publisher)
+            stream = await self.manager.start_publish(key, publisher)
         except PublishRefused as exc:
-            await self._refuse(event, str(exc))
+            await self._refuse(event, str(exc), exc.channel)
             return
         self.stream, self.publisher, self.publish_stream_id = stream, publisher, event.stream_id
         self.conn.accept_publish(event.stream_id)
         log.info("rtmp %s: publishing channel %r", self.peer, stream.channel.slug)
 
-    async def _refuse(self, event: PublishRequested, reason: str) -> None:
+    async def _refuse(
+        self, event: PublishRequested, reason: str, channel: Channel | None = None
+    ) -> None:
         log.warning("rtmp %s: publish refused: %s", self.peer, reason)
+        self.manager.events.publish_rejected(self.peer, reason, channel)
         self.conn.reject_publish(event.stream_id, reason)
         await self._flush()
         raise _Closed(f"publish refused: {reason}")

@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vilokanam.config import Settings
 from vilokanam.ingest import flv
 from vilokanam.origin.storage import Storage
 from vilokanam.packager.live import MASTER, LivePackager
 from vilokanam.store import Channel, SessionState, Store
+from vilokanam.store.models import utcnow
 from vilokanam.transcode.supervisor import WorkerGone, WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,10 @@ log = logging.getLogger(__name__)
 class PublishRefused(Exception):
     """Publishing is not allowed; the message is the reason given to the client and the log."""
 
+    def __init__(self, reason: str, channel: Channel | None = None) -> None:
+        super().__init__(reason)
+        self.channel = channel
+
 
 @dataclass(eq=False)
 class Publisher:
@@ -35,6 +43,91 @@ class Publisher:
 
     peer: str
     kick: Callable[[str], None]
+    app: str = ""
+    query: str = ""
+    """What followed ``?`` in the publish name (``KEY?token=…``), passed to the publish hook."""
+
+
+@dataclass(frozen=True)
+class PublishAttempt:
+    """What the publish auth hook is told about a publish the stream key already allowed."""
+
+    channel: Channel
+    peer: str
+    app: str
+    query: str
+
+
+PublishAuthorizer = Callable[[PublishAttempt], Awaitable[str | None]]
+"""Returns None to allow a publish, or the reason it is refused."""
+
+
+class StreamEvents(Protocol):
+    """Lifecycle notifications (webhooks, metrics). Must return at once: never block ingest."""
+
+    def stream_started(self, stream: LiveStream) -> None: ...
+    def stream_ended(self, stream: LiveStream) -> None: ...
+    def publish_rejected(self, peer: str, reason: str, channel: Channel | None) -> None: ...
+
+
+class NoEvents:
+    def stream_started(self, stream: LiveStream) -> None:
+        pass
+
+    def stream_ended(self, stream: LiveStream) -> None:
+        pass
+
+    def publish_rejected(self, peer: str, reason: str, channel: Channel | None) -> None:
+        pass
+
+
+class RateMeter:
+    """Bytes per second over the last ``window`` seconds (ingest bitrate)."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = window
+        self.total = 0
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, size: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.total += size
+        self._samples.append((now, size))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._samples and self._samples[0][0] < now - self.window:
+            self._samples.popleft()
+
+    def per_second(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        return sum(size for _, size in self._samples) / self.window
+
+
+@dataclass
+class StreamStats:
+    """Live figures of one stream, for the API and /metrics."""
+
+    started_at: datetime = field(default_factory=utcnow)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    ingest: RateMeter = field(default_factory=RateMeter)
+    renditions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``rendition`` events from the worker by name: width, height, frame_rate, bandwidth…"""
+    transcode: dict[str, Any] = field(default_factory=dict)
+    """The latest ``stats`` event from the worker (fps, speed; per rung under ``rungs``)."""
+    dropped_frames: int = 0
+    """Media messages dropped by ingest (waiting for a keyframe after a worker restart)."""
+    viewers: int = 0
+    peak_viewers: int = 0
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    def note_viewers(self, count: int) -> None:
+        self.viewers = count
+        self.peak_viewers = max(self.peak_viewers, count)
 
 
 class LiveStream:
@@ -48,6 +141,8 @@ class LiveStream:
         self.prefix = f"streams/{session_id}"
         self.name = f"{channel.slug}#{session_id}"
         self.publisher: Publisher | None = None
+        self.stats = StreamStats()
+        self.end_reason = "publisher left"
         self.packager = LivePackager(
             self.prefix,
             manager.storage,
@@ -75,6 +170,7 @@ class LiveStream:
         async with self._lock:
             if self.ended:
                 return
+            self.stats.ingest.add(len(body))
             data = flv.tag(tag_type, timestamp, body)
             if tag_type == flv.TAG_SCRIPT:
                 self._metadata = body
@@ -83,6 +179,7 @@ class LiveStream:
             elif self._need_keyframe:
                 has_video = tag_type == flv.TAG_VIDEO or flv.TAG_VIDEO in self._sequence_headers
                 if has_video and not (tag_type == flv.TAG_VIDEO and flv.is_keyframe(body)):
+                    self.stats.dropped_frames += tag_type == flv.TAG_VIDEO
                     return  # a restarted worker begins at a keyframe
                 self._need_keyframe = False
             if self.worker is None:
@@ -103,7 +200,7 @@ class LiveStream:
         spec = self.manager.worker_spec(
             self.prefix, self.session_id, self.epoch, self.packager.next_sequence
         )
-        worker = WorkerProcess(spec, self.packager.handle, name=f"{self.name}/e{self.epoch}")
+        worker = WorkerProcess(spec, self._on_worker_event, name=f"{self.name}/e{self.epoch}")
         self.packager.start_epoch(self.epoch, media_start=timestamp / 1000)
         await worker.start()
         self.worker = worker
@@ -124,6 +221,14 @@ class LiveStream:
             log.error("%s: %s", self.name, exc)
             await self._worker_crashed()
 
+    async def _on_worker_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "rendition":
+            self.stats.renditions[str(event["name"])] = event
+        elif kind == "stats":
+            self.stats.transcode = event
+        await self.packager.handle(event)
+
     async def _worker_crashed(self) -> None:
         worker, self.worker = self.worker, None
         if worker is not None:
@@ -142,6 +247,7 @@ class LiveStream:
             publisher, self.publisher = self.publisher, None
             if publisher is not None:
                 publisher.kick("transcoder failed")
+            self.end_reason = "transcoder failed"
             self.schedule_end(0)  # runs as its own task, once ``feed`` has released the lock
         else:
             log.warning("%s: restarting transcode worker (%d)", self.name, self.restarts)
@@ -162,6 +268,7 @@ class LiveStream:
     def new_publisher(self, publisher: Publisher) -> None:
         """A different connection continues this stream: its codecs may differ, so forget ours."""
         self.publisher = publisher
+        self.end_reason = "publisher left"
         self._metadata = None
         self._sequence_headers.clear()
         self._need_keyframe = False
@@ -211,8 +318,11 @@ class LiveStream:
             self.session_id,
             state=SessionState.ENDED,
             segments=self.segments,
+            peak_viewers=self.stats.peak_viewers,
+            end_reason=self.end_reason,
         )
         self.manager.forget(self)
+        self.manager.events.stream_ended(self)
         log.info("%s: stream ended after %d segments", self.name, self.segments)
 
 
@@ -223,10 +333,21 @@ def _metadata_mentions(metadata: bytes, key: bytes) -> bool:
 class StreamManager:
     """All live streams of this server, by channel."""
 
-    def __init__(self, settings: Settings, store: Store, storage: Storage) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        storage: Storage,
+        *,
+        events: StreamEvents | None = None,
+        authorize: PublishAuthorizer | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
+        self.events: StreamEvents = events or NoEvents()
+        self.authorize = authorize
+        """The publish auth hook, asked after the stream key matched (None: key only)."""
         self.streams: dict[int, LiveStream] = {}
         """Active or reconnect-pending streams by channel id."""
         self._publish_locks: dict[int, asyncio.Lock] = {}
@@ -257,6 +378,11 @@ class StreamManager:
         if channel is None:
             raise PublishRefused("unknown or revoked stream key")
         assert channel.id is not None
+        if self.authorize is not None:
+            attempt = PublishAttempt(channel, publisher.peer, publisher.app, publisher.query)
+            reason = await self.authorize(attempt)
+            if reason is not None:
+                raise PublishRefused(reason, channel)
         async with self._publish_locks.setdefault(channel.id, asyncio.Lock()):
             return await self._attach(channel, publisher)
 
@@ -280,13 +406,14 @@ class StreamManager:
                 stream.new_publisher(publisher)
                 log.info("%s: publisher %s resumed the stream", stream.name, publisher.peer)
                 return stream
-        session = await asyncio.to_thread(self.store.start_session, channel.id)
+        session = await asyncio.to_thread(self.store.start_session, channel.id, publisher.peer)
         assert session.id is not None
         stream = LiveStream(self, channel, session.id)
         stream.publisher = publisher
         self.streams[channel.id] = stream
         self._recent_prefix[channel.slug] = stream.prefix
         log.info("%s: publishing from %s", stream.name, publisher.peer)
+        self.events.stream_started(stream)
         return stream
 
     async def publisher_gone(self, stream: LiveStream, publisher: Publisher) -> None:
@@ -327,10 +454,38 @@ class StreamManager:
     def media_root(self) -> Path:
         return self.storage.root
 
+    def live_streams(self) -> list[LiveStream]:
+        """Streams that are publishing or waiting for their publisher to return."""
+        return [s for s in self.streams.values() if not s.ended and not s.finishing]
+
+    async def kick(self, slug: str, reason: str = "kicked by an operator") -> bool:
+        """Close the publisher's connection; the stream ends unless it reconnects in time."""
+        stream = self.stream_for_slug(slug)
+        if stream is None or stream.publisher is None:
+            return False
+        publisher = stream.publisher
+        stream.end_reason = reason
+        publisher.kick(reason)
+        await self.publisher_gone(stream, publisher)
+        return True
+
+    async def end_channel(self, channel_id: int, reason: str) -> bool:
+        """Stop a channel's stream now (deleted channel, revoked key): no reconnect window."""
+        stream = self.streams.get(channel_id)
+        if stream is None:
+            return False
+        stream.end_reason = reason
+        if stream.publisher is not None:
+            stream.publisher.kick(reason)
+            stream.publisher = None
+        await stream.finish()
+        return True
+
     async def shutdown(self) -> None:
         for stream in list(self.streams.values()):
             if stream.publisher is not None:
                 stream.publisher.kick("server shutting down")
                 stream.publisher = None
+            stream.end_reason = "server shutdown"
             with contextlib.suppress(Exception):
                 await stream.finish()

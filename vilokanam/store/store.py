@@ -109,8 +109,8 @@ class Store:
         return channel
 
     # -- stream sessions ------------------------------------------------------
-    def start_session(self, channel_id: int) -> StreamSession:
-        stream = StreamSession(channel_id=channel_id)
+    def start_session(self, channel_id: int, publisher: str = "") -> StreamSession:
+        stream = StreamSession(channel_id=channel_id, publisher=publisher)
         with self.session() as db:
             db.add(stream)
             db.commit()
@@ -124,6 +124,8 @@ class Store:
         state: SessionState | None = None,
         segments: int | None = None,
         at: datetime | None = None,
+        peak_viewers: int | None = None,
+        end_reason: str | None = None,
     ) -> StreamSession:
         with self.session() as db:
             stream = db.get(StreamSession, session_id)
@@ -138,6 +140,10 @@ class Store:
                 stream.state = state
             if segments is not None:
                 stream.segments = segments
+            if peak_viewers is not None:
+                stream.peak_viewers = max(stream.peak_viewers, peak_viewers)
+            if end_reason is not None:
+                stream.end_reason = end_reason
             db.add(stream)
             db.commit()
             db.refresh(stream)
