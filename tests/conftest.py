@@ -15,6 +15,8 @@ import pytest
 
 from vilokanam.config import Settings
 
+pytest_plugins = ["tests.postgres"]
+
 REQUIRE_ALL = os.environ.get("VILOKANAM_REQUIRE_ALL") == "1"
 
 

@@ -1,14 +1,24 @@
-"""The SQL store: channels, hashed stream keys, stream sessions."""
+"""The SQL store: channels, hashed stream keys, stream sessions; schema kept by migrations."""
 
+from vilokanam.store.errors import (
+    ChannelExists,
+    ChannelNotFound,
+    InvalidField,
+    SessionNotFound,
+    StoreError,
+)
 from vilokanam.store.keys import SLUG_RULE, new_stream_key, valid_slug
 from vilokanam.store.models import Channel, SessionState, StreamSession
-from vilokanam.store.store import ChannelExists, ChannelNotFound, Store, StoreError
+from vilokanam.store.store import UNSET, Store
 
 __all__ = [
     "SLUG_RULE",
+    "UNSET",
     "Channel",
     "ChannelExists",
     "ChannelNotFound",
+    "InvalidField",
+    "SessionNotFound",
     "SessionState",
     "Store",
     "StoreError",

@@ -2,54 +2,65 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
+from enum import Enum
+from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, select
 
-from vilokanam.store.keys import SLUG_RULE, hash_stream_key, key_matches, new_stream_key, valid_slug
+from vilokanam.store import validation as check
+from vilokanam.store.engine import make_engine
+from vilokanam.store.errors import (
+    ChannelExists,
+    ChannelNotFound,
+    InvalidField,
+    SessionNotFound,
+    StoreError,
+)
+from vilokanam.store.keys import hash_stream_key, key_matches, new_stream_key
+from vilokanam.store.migrate import upgrade
 from vilokanam.store.models import Channel, SessionState, StreamSession, utcnow
 
+__all__ = [
+    "UNSET",
+    "ChannelExists",
+    "ChannelNotFound",
+    "InvalidField",
+    "SessionNotFound",
+    "Store",
+    "StoreError",
+    "make_engine",
+]
 
-class StoreError(ValueError):
-    """A request the store refuses (bad slug, duplicate, unknown channel)."""
-
-
-class ChannelExists(StoreError):
-    pass
-
-
-class ChannelNotFound(StoreError):
-    pass
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+MAX_PAGE = 1000
 
 
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+class _Unset(Enum):
+    UNSET = "UNSET"
+
+
+UNSET = _Unset.UNSET
+"""Default of ``update_channel(ladder=...)``: leave the ladder as it is (None clears it)."""
+
+
+def _not_found(slug: str) -> ChannelNotFound:
+    return ChannelNotFound(f"no channel {slug!r} (see `vilokanam channel list`)")
 
 
 class Store:
-    """Channels, stream keys and stream sessions."""
+    """Channels, stream keys and stream sessions. Brings the schema up to date on start."""
 
     def __init__(self, url: str) -> None:
+        self.applied_migrations = upgrade(url)
         self.engine = make_engine(url)
-        SQLModel.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        """Close pooled connections (the store stays usable; it reconnects on demand)."""
+        self.engine.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -57,12 +68,28 @@ class Store:
             yield session
 
     # -- channels -------------------------------------------------------------
-    def create_channel(self, slug: str, title: str = "") -> tuple[Channel, str]:
+    def create_channel(
+        self,
+        slug: str,
+        title: str = "",
+        *,
+        category: str = "",
+        tags: Iterable[str] = (),
+        price_per_second: int = 0,
+        ladder: Iterable[Mapping[str, Any]] | None = None,
+    ) -> tuple[Channel, str]:
         """Create a channel; returns it with its stream key (the only time the key is shown)."""
-        if not valid_slug(slug):
-            raise StoreError(f"invalid slug {slug!r}: {SLUG_RULE}")
+        check.slug(slug)
         key = new_stream_key()
-        channel = Channel(slug=slug, title=title or slug, stream_key_hash=hash_stream_key(key))
+        channel = Channel(
+            slug=slug,
+            title=check.text("title", title, check.MAX_TITLE) or slug,
+            category=check.text("category", category, check.MAX_CATEGORY),
+            tags=check.tags(tags),
+            price_per_second=check.price(price_per_second),
+            ladder=check.ladder(ladder),
+            stream_key_hash=hash_stream_key(key),
+        )
         with self.session() as db:
             db.add(channel)
             try:
@@ -78,34 +105,92 @@ class Store:
 
     def get_channel(self, slug: str) -> Channel:
         with self.session() as db:
-            channel = db.exec(select(Channel).where(Channel.slug == slug)).first()
+            return self._channel(db, slug)
+
+    def get_channel_by_id(self, channel_id: int) -> Channel:
+        with self.session() as db:
+            channel = db.get(Channel, channel_id)
         if channel is None:
-            raise ChannelNotFound(f"no channel {slug!r} (see `vilokanam channel list`)")
+            raise ChannelNotFound(f"no channel with id {channel_id}")
+        return channel
+
+    def update_channel(
+        self,
+        slug: str,
+        *,
+        title: str | None = None,
+        category: str | None = None,
+        tags: Iterable[str] | None = None,
+        price_per_second: int | None = None,
+        ladder: Iterable[Mapping[str, Any]] | _Unset | None = UNSET,
+    ) -> Channel:
+        """Change only the fields given (``ladder=None`` clears the override); bumps updated_at."""
+        changes: dict[str, Any] = {}
+        if title is not None:
+            changes["title"] = check.text("title", title, check.MAX_TITLE) or slug
+        if category is not None:
+            changes["category"] = check.text("category", category, check.MAX_CATEGORY)
+        if tags is not None:
+            changes["tags"] = check.tags(tags)
+        if price_per_second is not None:
+            changes["price_per_second"] = check.price(price_per_second)
+        if ladder is not UNSET:
+            changes["ladder"] = check.ladder(ladder)
+        with self.session() as db:
+            channel = self._channel(db, slug)
+            for name, value in changes.items():
+                setattr(channel, name, value)
+            channel.updated_at = utcnow()
+            db.add(channel)
+            db.commit()
+            db.refresh(channel)
+        return channel
+
+    def delete_channel(self, slug: str) -> Channel:
+        """Delete the channel and its stream sessions; returns what was deleted."""
+        with self.session() as db:
+            channel = self._channel(db, slug)
+            db.delete(channel)
+            db.commit()
         return channel
 
     def rotate_key(self, slug: str) -> str:
         """Give the channel a new key; the old one stops working at once."""
         key = new_stream_key()
-        with self.session() as db:
-            channel = db.exec(select(Channel).where(Channel.slug == slug)).first()
-            if channel is None:
-                raise ChannelNotFound(f"no channel {slug!r} (see `vilokanam channel list`)")
-            channel.stream_key_hash = hash_stream_key(key)
-            channel.key_rotated_at = utcnow()
-            db.add(channel)
-            db.commit()
+        self._set_key(slug, hash_stream_key(key))
         return key
 
+    def revoke_key(self, slug: str) -> Channel:
+        """Take the channel's key away: nobody can publish until ``rotate_key`` gives a new one."""
+        return self._set_key(slug, None)
+
     def channel_for_key(self, key: str) -> Channel | None:
-        """The channel whose stream key this is, or None."""
+        """The channel whose stream key this is, or None (never a channel with a revoked key)."""
         if not key:
             return None
         with self.session() as db:
             channel = db.exec(
                 select(Channel).where(Channel.stream_key_hash == hash_stream_key(key))
             ).first()
-        if channel is None or not key_matches(key, channel.stream_key_hash):
+        if channel is None or channel.stream_key_hash is None:
             return None
+        return channel if key_matches(key, channel.stream_key_hash) else None
+
+    def _set_key(self, slug: str, key_hash: str | None) -> Channel:
+        with self.session() as db:
+            channel = self._channel(db, slug)
+            channel.stream_key_hash = key_hash
+            channel.key_rotated_at = channel.updated_at = utcnow()
+            db.add(channel)
+            db.commit()
+            db.refresh(channel)
+        return channel
+
+    @staticmethod
+    def _channel(db: Session, slug: str) -> Channel:
+        channel = db.exec(select(Channel).where(Channel.slug == slug)).first()
+        if channel is None:
+            raise _not_found(slug)
         return channel
 
     # -- stream sessions ------------------------------------------------------
@@ -130,7 +215,7 @@ class Store:
         with self.session() as db:
             stream = db.get(StreamSession, session_id)
             if stream is None:
-                raise StoreError(f"no stream session {session_id}")
+                raise SessionNotFound(f"no stream session {session_id}")
             state = SessionState(state) if state is not None else None
             if state is SessionState.LIVE and stream.live_at is None:
                 stream.live_at = at or utcnow()
@@ -151,10 +236,56 @@ class Store:
 
     def sessions(self, channel_id: int | None = None) -> list[StreamSession]:
         with self.session() as db:
-            query = select(StreamSession).order_by(StreamSession.id)
+            query = select(StreamSession).order_by(StreamSession.id)  # type: ignore[arg-type]
             if channel_id is not None:
                 query = query.where(StreamSession.channel_id == channel_id)
             return list(db.exec(query))
+
+    def get_session(self, session_id: int) -> tuple[StreamSession, Channel]:
+        with self.session() as db:
+            row = db.exec(
+                select(StreamSession, Channel)
+                .join(Channel, StreamSession.channel_id == Channel.id)  # type: ignore[arg-type]
+                .where(StreamSession.id == session_id)
+            ).first()
+        if row is None:
+            raise SessionNotFound(f"no stream session {session_id}")
+        return row[0], row[1]
+
+    def history(
+        self, slug: str | None = None, *, limit: int = 50, before_id: int | None = None
+    ) -> list[tuple[StreamSession, Channel]]:
+        """Stream sessions, newest first; the next page is ``before_id=<last id of this one>``."""
+        if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+            raise InvalidField("limit", f"invalid limit: an integer from 1 to {MAX_PAGE}")
+        with self.session() as db:
+            query = select(StreamSession, Channel).join(
+                Channel,
+                StreamSession.channel_id == Channel.id,  # type: ignore[arg-type]
+            )
+            if slug is not None:
+                query = query.where(StreamSession.channel_id == self._channel(db, slug).id)
+            if before_id is not None:
+                query = query.where(StreamSession.id < before_id)  # type: ignore[operator]
+            query = query.order_by(StreamSession.id.desc()).limit(limit)  # type: ignore[union-attr]
+            return [(stream, channel) for stream, channel in db.exec(query)]
+
+    def counts(self) -> dict[str, int]:
+        """Totals for server status: channels, sessions, live (a segment out) and active ones."""
+        with self.session() as db:
+            channels = db.exec(select(func.count()).select_from(Channel)).one()
+            by_state = dict(
+                db.exec(
+                    select(StreamSession.state, func.count()).group_by(StreamSession.state)
+                ).all()
+            )
+        live = by_state.get(SessionState.LIVE, 0)
+        return {
+            "channels": channels,
+            "sessions": sum(by_state.values()),
+            "live_sessions": live,
+            "active_sessions": live + by_state.get(SessionState.STARTING, 0),
+        }
 
     def end_unfinished_sessions(self) -> int:
         """At start-up: sessions a crashed server left open are ended now."""
