@@ -11,10 +11,17 @@ from aiohttp import web
 
 from vilokanam.config import Settings
 from vilokanam.config.urls import urls_for
+from vilokanam.hooks.dispatcher import WebhookDispatcher
+from vilokanam.hooks.events import WebhookEvents
+from vilokanam.hooks.publish_auth import HttpPublishAuthorizer
 from vilokanam.ingest.server import RtmpServer
 from vilokanam.ingest.streams import StreamManager
+from vilokanam.origin.api import setup_api
+from vilokanam.origin.api.token import load_or_create_token, token_path
 from vilokanam.origin.http import create_app
+from vilokanam.origin.metrics import ServerMetrics
 from vilokanam.origin.storage import LocalStorage
+from vilokanam.origin.viewers import ViewerCounter, feed_viewer_counts
 from vilokanam.store import Store
 
 log = logging.getLogger("vilokanam")
@@ -30,17 +37,59 @@ class VilokanamServer:
         self.echo = echo
         self.store = Store(settings.database_url)
         self.storage = LocalStorage(settings.media_dir)
-        self.manager = StreamManager(settings, self.store, self.storage)
+        self.webhooks = WebhookDispatcher(settings, self.store)
+        self.webhook_events = WebhookEvents(
+            self.webhooks, playback_url=lambda slug: self.urls.playback(slug)
+        )
+        self.publish_hook = HttpPublishAuthorizer(settings) if settings.publish_hook.url else None
+        self.manager = StreamManager(
+            settings,
+            self.store,
+            self.storage,
+            events=self.webhook_events,
+            authorize=self.publish_hook,
+        )
+        self.viewers = ViewerCounter(settings.http.viewer_timeout)
+        self.metrics = ServerMetrics(self.manager, self.viewers)
+        self.metrics.track_webhook_deliveries(
+            lambda: {
+                "delivered": self.webhooks.delivered,
+                "retried": self.webhooks.retried,
+                "failed": self.webhooks.failed,
+            }
+        )
+        self._viewer_task: asyncio.Task[None] | None = None
         self.rtmp = RtmpServer(settings, self.manager)
         self.runner: web.AppRunner | None = None
         self.http_port = settings.http.port
 
     async def start(self) -> None:
+        if self.store.applied_migrations:
+            log.info("database migrated: %s", ", ".join(self.store.applied_migrations))
         stale = await asyncio.to_thread(self.store.end_unfinished_sessions)
         if stale:
             log.info("ended %d stream session(s) left open by an earlier run", stale)
+        await self.webhooks.start()
         await self.rtmp.start()
-        app = create_app(self.settings, self.storage.root, self.manager.media_prefix)
+        app = create_app(
+            self.settings,
+            self.storage.root,
+            self.manager.media_prefix,
+            metrics=self.metrics,
+            viewers=self.viewers,
+        )
+        if self.settings.api.enabled:
+            setup_api(
+                app,
+                store=self.store,
+                settings=self.settings,
+                manager=self.manager,
+                urls_provider=lambda: self.urls,
+                token=await asyncio.to_thread(load_or_create_token, self.settings),
+            )
+        self._viewer_task = asyncio.create_task(
+            feed_viewer_counts(self.viewers, self.manager.live_streams)
+        )
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.http.host, self.settings.http.port)
@@ -49,6 +98,9 @@ class VilokanamServer:
             self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.urls = urls_for(self.settings, self.rtmp.port, self.http_port)
         await self._first_start_banner()
+        if self.settings.api.enabled:
+            where = "api.token" if self.settings.api.token else str(token_path(self.settings))
+            self.echo(f"Operator API: {self.urls.http_base}/api/v1 (bearer token in {where})")
         log.info(
             "listening: rtmp %s, http %s (data in %s)",
             self.urls.rtmp_server,
@@ -84,8 +136,14 @@ class VilokanamServer:
         )
 
     async def stop(self) -> None:
+        if self._viewer_task is not None:
+            self._viewer_task.cancel()
+            await asyncio.gather(self._viewer_task, return_exceptions=True)
         await self.rtmp.stop()
         await self.manager.shutdown()
+        await self.webhooks.stop(flush_timeout=2.0)  # stream.ended of the streams just ended
+        if self.publish_hook is not None:
+            await self.publish_hook.close()
         if self.runner is not None:
             await self.runner.cleanup()
 

@@ -53,6 +53,27 @@ def test_env_ladder_as_json() -> None:
         ({"VILOKANAM_RTMP_PROT": "1"}, "rtmp.prot: unknown setting"),
         ({"VILOKANAM_TRANSCODE_X264_PRESET": "warp"}, "transcode.x264_preset"),
         ({"VILOKANAM_HTTP_PORT": "1935", "VILOKANAM_HTTP_HOST": "0.0.0.0"}, "must differ"),
+        (
+            {
+                "VILOKANAM_WEBHOOKS_SECRET": "s3cret",
+                "VILOKANAM_WEBHOOKS_ENDPOINTS": '[{"url": "ftp://hooks.example/x"}]',
+            },
+            "webhooks.endpoints.0.url: Value error, must be an http:// or https:// URL",
+        ),
+        (
+            {"VILOKANAM_WEBHOOKS_ENDPOINTS": '[{"url": "https://hooks.example/x"}]'},
+            "has no signing secret: set webhooks.secret",
+        ),
+        (
+            {
+                "VILOKANAM_WEBHOOKS_SECRET": "s3cret",
+                "VILOKANAM_WEBHOOKS_ENDPOINTS": '[{"url": "https://h.example", "events": ["x"]}]',
+            },
+            "webhooks.endpoints.0.events.0: Input should be 'stream.started'",
+        ),
+        ({"VILOKANAM_PUBLISH_HOOK_URL": "localhost:9000/auth"}, "publish_hook.url"),
+        ({"VILOKANAM_API_TOKEN": "short"}, "api.token: Value error, must be at least 16"),
+        ({"VILOKANAM_LOG_FORMAT": "xml"}, "log_format: Input should be 'text' or 'json'"),
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], expected: str) -> None:
@@ -68,3 +89,18 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load_settings(broken, environ={})
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "absent.toml", environ={})
+
+
+def test_sections_with_underscores_take_env_overrides() -> None:
+    settings = load_settings(
+        environ={
+            "VILOKANAM_PUBLISH_HOOK_URL": "http://127.0.0.1:9000/auth",
+            "VILOKANAM_PUBLISH_HOOK_TIMEOUT": "1.5",
+            "VILOKANAM_WEBHOOKS_SECRET": "s3cret",
+            "VILOKANAM_WEBHOOKS_ENDPOINTS": '[{"url": "https://hooks.example/v"}]',
+        }
+    )
+    assert settings.publish_hook.url == "http://127.0.0.1:9000/auth"
+    assert settings.publish_hook.timeout == 1.5
+    [endpoint] = settings.webhooks.endpoints
+    assert endpoint.url == "https://hooks.example/v" and "stream.ended" in endpoint.events

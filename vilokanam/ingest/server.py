@@ -87,7 +87,9 @@ class RtmpConnectionHandler:
             in_handshake = self.conn.state is ConnectionState.HANDSHAKE
             timeout = max(0.0, handshake_ends - loop.time()) if in_handshake else rtmp.idle_timeout
             try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a shutdown's cancel.
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(READ_SIZE)
             except TimeoutError:
                 phase = "handshake" if in_handshake else "idle"
                 limit = rtmp.handshake_timeout if in_handshake else rtmp.idle_timeout
@@ -132,16 +134,18 @@ class RtmpConnectionHandler:
     async def _publish(self, event: PublishRequested) -> None:
         if self.stream is not None:
             raise ProtocolError("publish while already publishing on this connection")
-        app = event.app.strip("/")
+        # nginx-rtmp style auth puts a query on the app (rtmp://host/live?token=…): pass it on.
+        app, _, app_query = event.app.partition("?")
+        app = app.strip("/")
         if app != self.settings.rtmp.app:
             await self._refuse(
                 event, f"unknown application {app!r} (use /{self.settings.rtmp.app})"
             )
             return
-        key, _, query = event.name.partition("?")
+        query = "&".join(part for part in (app_query, event.query) if part)
         publisher = Publisher(peer=self.peer, kick=self.kick, app=app, query=query)
         try:
-            stream = await self.manager.start_publish(key, publisher)
+            stream = await self.manager.start_publish(event.name, publisher)
         except PublishRefused as exc:
             await self._refuse(event, str(exc), exc.channel)
             return

@@ -8,13 +8,14 @@ the join with EXT-X-DISCONTINUITY); a worker that crashes is restarted the same 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Reversible
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from vilokanam.config import Settings
 from vilokanam.ingest import flv
 from vilokanam.origin.storage import Storage
 from vilokanam.packager.live import MASTER, LivePackager
+from vilokanam.packager.playlist import SegmentEntry
 from vilokanam.store import Channel, SessionState, Store
 from vilokanam.store.models import utcnow
 from vilokanam.transcode.supervisor import WorkerGone, WorkerProcess
@@ -105,6 +107,25 @@ class RateMeter:
         return sum(size for _, size in self._samples) / self.window
 
 
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+"""Segment latency histogram bounds (s): nginx-rtmp lists passthrough at 0.05, a ladder at 0.12."""
+
+
+class Distribution:
+    """Counts of observations per bucket (``value <= bound``; the last bucket is +Inf)."""
+
+    def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
 @dataclass
 class StreamStats:
     """Live figures of one stream, for the API and /metrics."""
@@ -120,6 +141,8 @@ class StreamStats:
     """Media messages dropped by ingest (waiting for a keyframe after a worker restart)."""
     viewers: int = 0
     peak_viewers: int = 0
+    segment_latency: Distribution = field(default_factory=Distribution)
+    """Seconds from when a segment's last media was due (its PROGRAM-DATE-TIME end) to listing."""
 
     @property
     def uptime(self) -> float:
@@ -128,6 +151,19 @@ class StreamStats:
     def note_viewers(self, count: int) -> None:
         self.viewers = count
         self.peak_viewers = max(self.peak_viewers, count)
+
+    def note_listed(self, entries: Reversible[SegmentEntry], first_new: int) -> None:
+        """Segments ``first_new``… of a playlist were just listed: observe their latency.
+
+        Each is due at its PROGRAM-DATE-TIME end (epoch wall start + media end - media start);
+        a publisher ahead of real time (a burst) would give negative values: they count as 0.
+        """
+        now = datetime.now(UTC)
+        for entry in reversed(entries):
+            if entry.sequence < first_new:
+                return
+            due = entry.program_date_time + timedelta(seconds=entry.duration)
+            self.segment_latency.observe(max(0.0, (now - due).total_seconds()))
 
 
 class LiveStream:
@@ -198,7 +234,11 @@ class LiveStream:
             return
         self.epoch += 1
         spec = self.manager.worker_spec(
-            self.prefix, self.session_id, self.epoch, self.packager.next_sequence
+            self.prefix,
+            self.session_id,
+            self.epoch,
+            self.packager.next_sequence,
+            ladder=self.channel.ladder,
         )
         worker = WorkerProcess(spec, self._on_worker_event, name=f"{self.name}/e{self.epoch}")
         self.packager.start_epoch(self.epoch, media_start=timestamp / 1000)
@@ -227,6 +267,13 @@ class LiveStream:
             self.stats.renditions[str(event["name"])] = event
         elif kind == "stats":
             self.stats.transcode = event
+        elif kind == "segment":
+            listed = self.packager.next_sequence
+            await self.packager.handle(event)
+            if self.packager.next_sequence > listed:  # this event completed sequence(s)
+                playlist = self.packager.renditions[str(event["rendition"])].playlist
+                self.stats.note_listed(playlist.segments, listed)
+            return
         await self.packager.handle(event)
 
     async def _worker_crashed(self) -> None:
@@ -355,9 +402,17 @@ class StreamManager:
         self._recent_prefix: dict[str, str] = {}
 
     def worker_spec(
-        self, prefix: str, session_id: int, epoch: int, first_sequence: int
+        self,
+        prefix: str,
+        session_id: int,
+        epoch: int,
+        first_sequence: int,
+        ladder: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
+        """The worker's job; ``ladder`` is the channel's override of ``transcode.ladder``."""
         transcode, hls = self.settings.transcode, self.settings.hls
+        if ladder is None:
+            ladder = [rung.model_dump() for rung in transcode.ladder]
         return {
             "output_dir": str((self.storage.root / prefix).resolve()),
             "file_prefix": f"s{session_id}-",
@@ -366,7 +421,7 @@ class StreamManager:
             "segment_duration": hls.segment_duration,
             "format": hls.segment_format,
             "source_rendition": transcode.source_rendition,
-            "ladder": [rung.model_dump() for rung in transcode.ladder],
+            "ladder": ladder,
             "x264_preset": transcode.x264_preset,
             "x264_tune": transcode.x264_tune,
             "audio_bitrate": transcode.audio_bitrate,

@@ -1,4 +1,5 @@
-"""HTTP delivery of live HLS: playlists and segments under ``/live/{slug}/``, plus ``/healthz``.
+"""HTTP delivery of live HLS: playlists and segments under ``/live/{slug}/``, plus ``/healthz``
+and (given a :class:`ServerMetrics`) ``/metrics``.
 
 Only files inside the stream's media folder are served; anything else is a 404, whatever the
 path tries (``..``, absolute paths, encoded separators).
@@ -13,6 +14,8 @@ from pathlib import Path
 from aiohttp import web
 
 from vilokanam.config import Settings
+from vilokanam.origin.metrics import METRICS, ServerMetrics, metrics_endpoint, metrics_middleware
+from vilokanam.origin.viewers import ViewerCounter, viewer_identity
 
 MediaResolver = Callable[[str], str | None]
 """slug → storage prefix of its current (or latest) stream, or None."""
@@ -20,6 +23,7 @@ MediaResolver = Callable[[str], str | None]
 CORS_ORIGIN = web.AppKey("cors_origin", str)
 MEDIA_ROOT = web.AppKey("media_root", Path)
 RESOLVE_MEDIA = web.AppKey("resolve_media", MediaResolver)
+VIEWERS = web.AppKey("viewers", ViewerCounter)
 
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
@@ -89,6 +93,9 @@ async def serve_live(request: web.Request) -> web.StreamResponse:
     if suffix not in CONTENT_TYPES or not file.is_file():
         raise web.HTTPNotFound(text="not found")
     headers = {"Cache-Control": cache_control(file.name), "Content-Type": CONTENT_TYPES[suffix]}
+    viewers = request.app.get(VIEWERS)
+    if viewers is not None and suffix != ".jpg":
+        viewers.note(slug, viewer_identity(request))
     if suffix == ".m3u8":
         # Small and replaced atomically: read whole so a rename mid-send cannot mix versions.
         return web.Response(body=file.read_bytes(), headers=headers)
@@ -121,13 +128,27 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def create_app(
-    settings: Settings, media_root: Path, resolve_media: MediaResolver
+    settings: Settings,
+    media_root: Path,
+    resolve_media: MediaResolver,
+    *,
+    metrics: ServerMetrics | None = None,
+    viewers: ViewerCounter | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[cors_middleware])
+    """The origin app; ``metrics`` adds request metrics and ``/metrics``, ``viewers`` counting."""
+    middlewares = [cors_middleware]
+    if metrics is not None:
+        middlewares.insert(0, metrics_middleware(metrics))  # outermost: sees the final status
+    app = web.Application(middlewares=middlewares)
     app[CORS_ORIGIN] = settings.http.cors_origin
     app[MEDIA_ROOT] = media_root
     app[RESOLVE_MEDIA] = resolve_media
+    if viewers is not None:
+        app[VIEWERS] = viewers
     app.router.add_get("/healthz", healthz)
+    if metrics is not None:
+        app[METRICS] = metrics
+        app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/live/{slug}/{path:.+}", serve_live)
     app.router.add_get("/watch/{slug}", watch_page)
     app.router.add_get("/static/{name}", static_file)

@@ -18,6 +18,7 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from vilokanam.packager.packets import MediaPacket
 from vilokanam.transcode.encoder import VideoEncoder
 from vilokanam.transcode.rendition import RenditionOutput
+from vilokanam.transcode.stats import Throughput
 from vilokanam.transcode.timeline import Cut
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class RungThread(threading.Thread):
         self._reformatter = VideoReformatter()
         self._index_of: dict[int, int] = {}
         self._last_index = 0
+        self.throughput = Throughput()
+        """Packets encoded and media time reached, for the worker's ``stats`` events."""
 
     def put(self, item: FrameJob | Cut | None) -> None:
         """Queue work (None = end of stream); blocks while the rung is behind."""
@@ -93,3 +96,4 @@ class RungThread(threading.Thread):
         for packet in packets:
             self._last_index = self._index_of.pop(packet.pts, self._last_index)
             self.output.add_video(self._last_index, packet)
+            self.throughput.add(1, (packet.pts + packet.duration) * float(packet.time_base))

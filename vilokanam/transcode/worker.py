@@ -48,6 +48,10 @@ class Worker:
         self.source_output = ladder.source
         self.rungs = ladder.rungs
         self.stats = Stats()
+        if self.source_output is not None:  # passthrough: its packet rate is the source's
+            self.stats.track(self.source_output.info.name, self.stats.total)
+        for rung in self.rungs:
+            self.stats.track(rung.encoder.rung.name, rung.throughput)
         self._frame_duration = 0
         if source.video is not None:
             self._frame_duration = max(1, round(1 / (source.frame_rate * source.video.time_base)))
@@ -170,6 +174,7 @@ class Worker:
         self._report(force=True)
 
     def _report(self, force: bool = False) -> None:
+        """A ``stats`` event every few seconds: totals and ``rungs`` (per rendition)."""
         figures = self.stats.due(force)
         if figures is not None:
             self.events.emit("stats", **figures)

@@ -1,0 +1,271 @@
+"""Where CLI commands are carried out: this machine's database, or a server's REST API.
+
+Both backends return the API's JSON shapes (``vilokanam.origin.api.schemas``), so a command
+prints the same table whether it ran locally or against ``--server URL --token T``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from pydantic import ValidationError
+
+from vilokanam.config import Settings
+from vilokanam.config.urls import urls_for
+
+Json = Any
+
+API = "/api/v1"
+
+
+class CliError(Exception):
+    """A failure to print for the operator; the message says what to do."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def describe_api_error(status: int, payload: Json) -> str:
+    """``{"error": code, "detail": ...}`` as one readable line (field names included)."""
+    if not isinstance(payload, dict):
+        return f"HTTP {status}: {payload}"
+    detail = payload.get("detail")
+    if isinstance(detail, list):
+        parts = [
+            f"{item.get('field', '?')}: {item.get('message', '')}"
+            if isinstance(item, dict)
+            else str(item)
+            for item in detail
+        ]
+        detail = "; ".join(parts)
+    return f"{payload.get('error', f'HTTP {status}')}: {detail}"
+
+
+class RemoteBackend:
+    """Calls a running server's REST API (``/api/v1``) with a bearer token."""
+
+    def __init__(self, server: str, token: str, timeout: float = 30.0) -> None:
+        if not server.startswith(("http://", "https://")):
+            raise CliError(f"--server {server!r}: give the HTTP URL, e.g. http://host:8080", 2)
+        if not token:
+            raise CliError(
+                "no API token: pass --token or set VILOKANAM_TOKEN "
+                "(the server's token is api.token or the file {data_dir}/api-token)",
+                2,
+            )
+        self.base = server.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def request(
+        self, method: str, path: str, body: Json = None, query: dict[str, Any] | None = None
+    ) -> Json:
+        url = self.base + API + path
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = raw.decode(errors="replace")[:200]
+            hint = " (check --token)" if exc.code == 401 else ""
+            raise CliError(describe_api_error(exc.code, payload) + hint) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CliError(
+                f"cannot reach {self.base}: {reason} (is `vilokanam serve` running there?)"
+            ) from None
+        return json.loads(raw) if raw else None
+
+    # -- channels -------------------------------------------------------------
+    def create_channel(self, body: dict[str, Any]) -> Json:
+        return self.request("POST", "/channels", body)
+
+    def list_channels(self) -> Json:
+        return self.request("GET", "/channels")
+
+    def get_channel(self, slug: str) -> Json:
+        return self.request("GET", f"/channels/{_quote(slug)}")
+
+    def update_channel(self, slug: str, changes: dict[str, Any]) -> Json:
+        return self.request("PATCH", f"/channels/{_quote(slug)}", changes)
+
+    def delete_channel(self, slug: str) -> Json:
+        return self.request("DELETE", f"/channels/{_quote(slug)}")
+
+    def rotate_key(self, slug: str, kick: bool = False) -> Json:
+        query = {"kick": "true"} if kick else None
+        return self.request("POST", f"/channels/{_quote(slug)}/rotate-key", query=query)
+
+    def revoke_key(self, slug: str) -> Json:
+        return self.request("POST", f"/channels/{_quote(slug)}/revoke-key")
+
+    # -- live streams, history, status ----------------------------------------
+    def live_streams(self) -> Json:
+        return self.request("GET", "/streams")
+
+    def live_stream(self, slug: str) -> Json:
+        return self.request("GET", f"/streams/{_quote(slug)}")
+
+    def kick(self, slug: str) -> Json:
+        return self.request("POST", f"/streams/{_quote(slug)}/kick")
+
+    def history(self, channel: str | None, limit: int, before: int | None) -> Json:
+        return self.request(
+            "GET", "/history", query={"channel": channel, "limit": limit, "before": before}
+        )
+
+    def session(self, session_id: int) -> Json:
+        return self.request("GET", f"/history/{session_id}")
+
+    def status(self) -> Json:
+        return self.request("GET", "/status")
+
+
+def _quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
+class LocalBackend:
+    """Works on this machine's database; live-stream commands ask the local server's API.
+
+    Deleting a channel or revoking its key goes through the local server when it is running,
+    so a live stream is stopped cleanly first; otherwise the database is changed directly.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from vilokanam.origin.api.service import ChannelService
+        from vilokanam.store import Store
+
+        self.settings = settings
+        self.store = Store(settings.database_url)
+        self.service = ChannelService(self.store, settings, urls_for(settings), self._live_slugs)
+
+    def _live_slugs(self) -> set[str]:
+        from vilokanam.store import SessionState
+
+        live = set()
+        for stream, channel in self.store.history(limit=500):
+            if stream.state is not SessionState.ENDED:
+                live.add(channel.slug)
+        return live
+
+    def _local_server(self) -> RemoteBackend:
+        """The API of the server started from the same config on this machine."""
+        from vilokanam.origin.api.token import load_or_create_token
+
+        port = self.settings.http.port
+        host = self.settings.http.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        return RemoteBackend(f"http://{host}:{port}", load_or_create_token(self.settings), 10)
+
+    def _server_if_running(self) -> RemoteBackend | None:
+        server = self._local_server()
+        try:
+            server.request("GET", "/status")
+        except CliError:
+            return None
+        return server
+
+    def _server_required(self) -> RemoteBackend:
+        server = self._local_server()
+        try:
+            server.request("GET", "/status")
+        except CliError as exc:
+            raise CliError(
+                f"{exc}\nLive-stream commands need the running server: start `vilokanam serve` "
+                "here, or pass --server URL --token TOKEN."
+            ) from None
+        return server
+
+    @staticmethod
+    def _dump(value: Any) -> Json:
+        if isinstance(value, list):
+            return [item.model_dump(mode="json") for item in value]
+        return value.model_dump(mode="json")
+
+    def _validated(self, model: type[Any], body: dict[str, Any]) -> Any:
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            fields = "; ".join(
+                f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise CliError(f"validation_error: {fields}", 2) from None
+
+    # -- channels -------------------------------------------------------------
+    def create_channel(self, body: dict[str, Any]) -> Json:
+        from vilokanam.origin.api.schemas import ChannelCreate
+
+        return self._dump(self.service.create(self._validated(ChannelCreate, body)))
+
+    def list_channels(self) -> Json:
+        return self._dump(self.service.list())
+
+    def get_channel(self, slug: str) -> Json:
+        return self._dump(self.service.get(slug))
+
+    def update_channel(self, slug: str, changes: dict[str, Any]) -> Json:
+        from vilokanam.origin.api.schemas import ChannelUpdate
+
+        return self._dump(self.service.update(slug, self._validated(ChannelUpdate, changes)))
+
+    def delete_channel(self, slug: str) -> Json:
+        server = self._server_if_running()
+        if server is not None:
+            return server.delete_channel(slug)
+        return self._dump(self.service.delete(slug))
+
+    def rotate_key(self, slug: str, kick: bool = False) -> Json:
+        if kick:
+            server = self._server_if_running()
+            if server is not None:
+                return server.rotate_key(slug, kick=True)
+        return self._dump(self.service.rotate_key(slug))
+
+    def revoke_key(self, slug: str) -> Json:
+        server = self._server_if_running()
+        if server is not None:
+            return server.revoke_key(slug)
+        return self._dump(self.service.revoke_key(slug))
+
+    # -- live streams, history, status ----------------------------------------
+    def live_streams(self) -> Json:
+        return self._server_required().live_streams()
+
+    def live_stream(self, slug: str) -> Json:
+        return self._server_required().live_stream(slug)
+
+    def kick(self, slug: str) -> Json:
+        return self._server_required().kick(slug)
+
+    def history(self, channel: str | None, limit: int, before: int | None) -> Json:
+        if not 1 <= limit <= 500:
+            raise CliError("--limit: must be between 1 and 500", 2)
+        return self._dump(self.service.history(channel, limit, before))
+
+    def session(self, session_id: int) -> Json:
+        return self._dump(self.service.session(session_id))
+
+    def status(self) -> Json:
+        return self._server_required().status()
+
+
+Backend = LocalBackend | RemoteBackend

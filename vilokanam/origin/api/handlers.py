@@ -1,0 +1,211 @@
+"""One coroutine per API operation; the route table in ``routes.py`` says which is which."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from vilokanam.origin.api.context import ApiContext
+from vilokanam.origin.api.errors import ApiError, validation_error
+from vilokanam.origin.api.schemas import (
+    ChannelCreate,
+    ChannelUpdate,
+    HistoryQuery,
+    KickOut,
+    LiveStreamOut,
+    RenditionOut,
+    RotateQuery,
+    StatusOut,
+)
+
+if TYPE_CHECKING:
+    from vilokanam.ingest.streams import LiveStream
+
+DELETED = "channel deleted"
+REVOKED = "stream key revoked"
+ROTATED = "stream key rotated"
+KICKED = "kicked by an operator"
+
+
+@dataclass
+class Call:
+    """One API request after parsing: path parameters, validated body and query."""
+
+    request: web.Request
+    body: Any = None
+    query: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra response headers a handler wants (Location)."""
+
+    @property
+    def slug(self) -> str:
+        return self.request.match_info["slug"]
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("vilokanam")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - not installed
+        return "0+unknown"
+
+
+# -- status ----------------------------------------------------------------------------------
+async def status(ctx: ApiContext, call: Call) -> StatusOut:
+    counts = await ctx.blocking(ctx.store.counts)
+    streams = ctx.manager.live_streams()
+    urls = ctx.urls()
+    return StatusOut(
+        version=version(),
+        uptime_seconds=round(time.monotonic() - ctx.started, 3),
+        database="postgresql" if ctx.settings.database_url.startswith("postgres") else "sqlite",
+        channels=counts["channels"],
+        sessions=counts["sessions"],
+        live_streams=len(streams),
+        publishers=sum(1 for s in streams if s.publisher is not None),
+        viewers=sum(s.stats.viewers for s in streams),
+        rtmp_url=urls.rtmp_server,
+        http_url=urls.http_base,
+    )
+
+
+# -- channels --------------------------------------------------------------------------------
+async def list_channels(ctx: ApiContext, call: Call) -> list[BaseModel]:
+    return list(await ctx.blocking(ctx.service().list))
+
+
+async def create_channel(ctx: ApiContext, call: Call) -> BaseModel:
+    body: ChannelCreate = call.body
+    created = await ctx.blocking(ctx.service().create, body)
+    call.headers["Location"] = f"{call.request.path.rstrip('/')}/{created.slug}"
+    return created
+
+
+async def get_channel(ctx: ApiContext, call: Call) -> BaseModel:
+    return await ctx.blocking(ctx.service().get, call.slug)
+
+
+async def update_channel(ctx: ApiContext, call: Call) -> BaseModel:
+    body: ChannelUpdate = call.body
+    return await ctx.blocking(ctx.service().update, call.slug, body)
+
+
+async def delete_channel(ctx: ApiContext, call: Call) -> BaseModel:
+    """Refuse new publishes, end the live stream cleanly (ENDLIST), then delete."""
+    service = ctx.service()
+    channel = await ctx.blocking(service.revoke_key, call.slug)
+    await ctx.manager.end_channel(channel.id, DELETED)
+    # Players still watching get the ENDLIST playlists until the server restarts.
+    return await ctx.blocking(service.delete, call.slug)
+
+
+async def rotate_key(ctx: ApiContext, call: Call) -> BaseModel:
+    query: RotateQuery = call.query
+    keys = await ctx.blocking(ctx.service().rotate_key, call.slug)
+    if query.kick:
+        await ctx.manager.kick(call.slug, ROTATED)
+    return keys
+
+
+async def revoke_key(ctx: ApiContext, call: Call) -> BaseModel:
+    """A leaked key: nobody may publish, and a live stream ends at once."""
+    channel = await ctx.blocking(ctx.service().revoke_key, call.slug)
+    await ctx.manager.end_channel(channel.id, REVOKED)
+    return channel.model_copy(update={"live": False})
+
+
+# -- live streams ----------------------------------------------------------------------------
+def _number(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _integer(value: Any) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
+
+
+def stream_out(ctx: ApiContext, stream: LiveStream) -> LiveStreamOut:
+    """A live stream's figures, read on the event loop."""
+    stats = stream.stats
+    transcode = stats.transcode or {}
+    per_rung = transcode.get("rungs") or {}
+    renditions = []
+    for name, info in stats.renditions.items():
+        rung = per_rung.get(name) or {}
+        renditions.append(
+            RenditionOut(
+                name=name,
+                width=_integer(info.get("width")),
+                height=_integer(info.get("height")),
+                frame_rate=_number(info.get("frame_rate")),
+                bandwidth=_integer(info.get("bandwidth")),
+                fps=_number(rung.get("fps", transcode.get("fps"))),
+                speed=_number(rung.get("speed", transcode.get("speed"))),
+            )
+        )
+    source = stats.renditions.get("source") or max(
+        stats.renditions.values(), key=lambda r: _integer(r.get("height")) or 0, default={}
+    )
+    return LiveStreamOut(
+        channel=stream.channel.slug,
+        stream_id=stream.session_id,
+        state="live" if stream.publisher is not None else "reconnecting",
+        publisher=stream.publisher.peer if stream.publisher is not None else None,
+        started_at=stats.started_at,
+        uptime_seconds=round(stats.uptime, 3),
+        viewers=stats.viewers,
+        peak_viewers=stats.peak_viewers,
+        ingest_bitrate=int(stats.ingest.per_second() * 8),
+        width=_integer(source.get("width")),
+        height=_integer(source.get("height")),
+        fps=_number(source.get("frame_rate")),
+        segments=stream.segments,
+        dropped_frames=stats.dropped_frames,
+        renditions=renditions,
+        playback_url=ctx.urls().playback(stream.channel.slug),
+    )
+
+
+async def list_streams(ctx: ApiContext, call: Call) -> list[BaseModel]:
+    streams = sorted(ctx.manager.live_streams(), key=lambda s: s.channel.slug)
+    return [stream_out(ctx, stream) for stream in streams]
+
+
+async def _live(ctx: ApiContext, slug: str) -> LiveStream:
+    stream = ctx.manager.stream_for_slug(slug)
+    if stream is None or stream.ended or stream.finishing:
+        await ctx.blocking(ctx.store.get_channel, slug)  # unknown channel: 404 not_found
+        raise ApiError(404, "not_live", f"channel {slug!r} is not streaming")
+    return stream
+
+
+async def get_stream(ctx: ApiContext, call: Call) -> BaseModel:
+    return stream_out(ctx, await _live(ctx, call.slug))
+
+
+async def kick_stream(ctx: ApiContext, call: Call) -> BaseModel:
+    """Disconnect the publisher; the stream ends unless it reconnects within the window."""
+    await ctx.blocking(ctx.store.get_channel, call.slug)
+    kicked = await ctx.manager.kick(call.slug, KICKED)
+    return KickOut(channel=call.slug, kicked=kicked)
+
+
+# -- history ---------------------------------------------------------------------------------
+async def history(ctx: ApiContext, call: Call) -> list[BaseModel]:
+    query: HistoryQuery = call.query
+    service = ctx.service()
+    return list(await ctx.blocking(service.history, query.channel, query.limit, query.before))
+
+
+async def get_session(ctx: ApiContext, call: Call) -> BaseModel:
+    raw = call.request.match_info["id"]
+    if not raw.isdigit():
+        raise validation_error([{"field": "id", "message": "must be a positive integer"}])
+    return await ctx.blocking(ctx.service().session, int(raw))

@@ -1,0 +1,37 @@
+"""Mount the API on the origin's aiohttp app as a sub-application under ``/api/v1``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from vilokanam.config import Settings
+from vilokanam.config.urls import Urls
+from vilokanam.origin.api.context import ApiContext
+from vilokanam.origin.api.handlers import version
+from vilokanam.origin.api.openapi import build_document
+from vilokanam.origin.api.routes import CONTEXT, DOCUMENT, PREFIX, api_middleware, register
+from vilokanam.store import Store
+
+if TYPE_CHECKING:
+    from vilokanam.ingest.streams import StreamManager
+
+
+def setup_api(
+    app: web.Application,
+    *,
+    store: Store,
+    settings: Settings,
+    manager: StreamManager,
+    urls_provider: Callable[[], Urls],
+    token: str,
+) -> web.Application:
+    """Add ``/api/v1`` to ``app``; returns the sub-application."""
+    api = web.Application(middlewares=[api_middleware])
+    api[CONTEXT] = ApiContext(store, settings, manager, urls_provider, token)
+    api[DOCUMENT] = build_document(version())
+    register(api)
+    app.add_subapp(PREFIX, api)
+    return api

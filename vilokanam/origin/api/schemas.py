@@ -1,0 +1,231 @@
+"""Request and response bodies of the operator API (pydantic v2).
+
+Requests forbid unknown fields and never coerce types (``"3"`` is not a price). The same models
+give the OpenAPI document its schemas, so the document cannot drift from what is checked.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from vilokanam.config.settings import Rung
+from vilokanam.store.keys import SLUG_PATTERN, SLUG_RULE
+
+Title = Annotated[str, Field(max_length=200)]
+Category = Annotated[str, Field(max_length=64)]
+Tag = Annotated[str, Field(min_length=1, max_length=32)]
+Tags = Annotated[list[Tag], Field(max_length=20)]
+Price = Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]
+"""Integer planck per second watched; strict: ``1.5``, ``"3"`` and ``true`` are refused."""
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RungIn(Rung):
+    """One rung of a channel's ladder override (same rules as ``transcode.ladder``)."""
+
+
+def _check_slug(value: str) -> str:
+    if not SLUG_PATTERN.match(value):
+        raise PydanticCustomError("slug", SLUG_RULE)
+    return value
+
+
+def _check_ladder(ladder: list[RungIn] | None) -> list[RungIn] | None:
+    if ladder is None:
+        return None
+    names = [rung.name for rung in ladder]
+    if len(set(names)) != len(names) or "source" in names:
+        raise PydanticCustomError("ladder", "rung names must be unique and not 'source'")
+    return ladder
+
+
+_SLUG_SCHEMA = {"pattern": SLUG_PATTERN.pattern, "minLength": 2, "maxLength": 63}
+
+
+class ChannelCreate(_Request):
+    slug: str = Field(json_schema_extra=_SLUG_SCHEMA, description=SLUG_RULE)
+    title: Title = ""
+    category: Category = ""
+    tags: Tags = Field(default_factory=list)
+    price_per_second: Price = 0
+    ladder: list[RungIn] | None = Field(
+        default=None, description="Rungs that replace the server's ladder (null: server ladder)"
+    )
+
+    @field_validator("slug")
+    @classmethod
+    def _slug_rule(cls, value: str) -> str:
+        return _check_slug(value)
+
+    @field_validator("ladder")
+    @classmethod
+    def _ladder_names(cls, value: list[RungIn] | None) -> list[RungIn] | None:
+        return _check_ladder(value)
+
+
+_NOT_NULL = ("title", "category", "tags", "price_per_second")
+
+
+def _update_schema(schema: dict[str, Any]) -> None:
+    """Only ``ladder`` may be null (it clears the override); the others may only be left out."""
+    for name in _NOT_NULL:
+        prop = schema["properties"][name]
+        options = [o for o in prop.pop("anyOf") if o.get("type") != "null"]
+        prop.pop("default", None)
+        prop.update(options[0])
+
+
+class ChannelUpdate(_Request):
+    """Fields present in the JSON change; absent ones stay. ``"ladder": null`` clears it."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_update_schema)
+
+    title: Title | None = None
+    category: Category | None = None
+    tags: Tags | None = None
+    price_per_second: Price | None = None
+    ladder: list[RungIn] | None = None
+
+    @field_validator(*_NOT_NULL, mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise PydanticCustomError("null", "may not be null (leave the field out to keep it)")
+        return value
+
+    @field_validator("ladder")
+    @classmethod
+    def _ladder_names(cls, value: list[RungIn] | None) -> list[RungIn] | None:
+        return _check_ladder(value)
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the client sent, as keyword arguments for ``Store.update_channel``."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class RungOut(BaseModel):
+    name: str
+    height: int
+    video_bitrate: int
+
+
+class ChannelOut(BaseModel):
+    id: int
+    slug: str
+    title: str
+    category: str
+    tags: list[str]
+    price_per_second: int
+    ladder: list[RungOut] | None
+    key_active: bool = Field(description="False once the key was revoked (rotate to re-enable)")
+    key_rotated_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    live: bool
+    rtmp_url: str = Field(description="RTMP server URL to publish to (the key goes after it)")
+    playback_url: str
+    watch_url: str
+
+
+class ChannelCreated(ChannelOut):
+    stream_key: str = Field(description="Shown only in this response")
+
+
+class StreamKeyOut(BaseModel):
+    channel: str
+    stream_key: str
+    rtmp_url: str
+    playback_url: str
+
+
+class RenditionOut(BaseModel):
+    name: str
+    width: int | None
+    height: int | None
+    frame_rate: float | None
+    bandwidth: int | None
+    fps: float | None = Field(description="Frames encoded per second (None if not known yet)")
+    speed: float | None = Field(description="Encoding speed relative to real time")
+
+
+class LiveStreamOut(BaseModel):
+    channel: str
+    stream_id: int
+    state: Literal["live", "reconnecting"]
+    publisher: str | None = Field(description="host:port of the publisher; null while waiting")
+    started_at: datetime
+    uptime_seconds: float
+    viewers: int
+    peak_viewers: int
+    ingest_bitrate: int = Field(description="Bits per second received over the last seconds")
+    width: int | None
+    height: int | None
+    fps: float | None = Field(description="Frame rate of the source")
+    segments: int
+    dropped_frames: int
+    renditions: list[RenditionOut]
+    playback_url: str
+
+
+class SessionOut(BaseModel):
+    id: int
+    channel: str
+    state: Literal["starting", "live", "ended"]
+    started_at: datetime
+    live_at: datetime | None
+    ended_at: datetime | None
+    duration_seconds: float | None = Field(description="Until now for a session not yet ended")
+    segments: int
+    peak_viewers: int
+    publisher: str
+    end_reason: str | None
+    recording_location: str | None
+
+
+class StatusOut(BaseModel):
+    version: str
+    uptime_seconds: float
+    database: Literal["sqlite", "postgresql"]
+    channels: int
+    sessions: int
+    live_streams: int
+    publishers: int
+    viewers: int
+    rtmp_url: str
+    http_url: str
+
+
+class KickOut(BaseModel):
+    channel: str
+    kicked: bool
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Dotted path of the bad field, e.g. ladder.0.height")
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="Machine-readable code: not_found, conflict, validation_error…")
+    detail: Any = Field(description="A message, or for validation_error a list of FieldError")
+
+
+class HistoryQuery(BaseModel):
+    """Query parameters of ``GET /history``."""
+
+    channel: str | None = Field(default=None, description="Only this channel's sessions")
+    limit: int = Field(default=50, ge=1, le=500)
+    before: int | None = Field(default=None, ge=1, description="Sessions with a smaller id")
+
+
+class RotateQuery(BaseModel):
+    """Query parameters of ``POST /channels/{slug}/rotate-key``."""
+
+    kick: bool = Field(default=False, description="Also disconnect the current publisher")
