@@ -149,12 +149,13 @@ class VilokanamServer:
 
 
 async def serve_forever(settings: Settings) -> None:
-    server = VilokanamServer(settings)
-    await server.start()
+    # Handlers first: a SIGTERM while starting still shuts down cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    server = VilokanamServer(settings)
+    await server.start()
     await stop.wait()
     log.info("shutting down: ending live streams")
     await server.stop()

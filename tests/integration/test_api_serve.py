@@ -95,3 +95,39 @@ def test_serve_api_with_env_token_then_with_a_generated_token_file(tmp_path: Pat
     with serve(config) as (base, _):
         assert token_file.read_text().strip() == token, "kept across restarts"
         assert call(base, "GET", "/status", token=token)[0] == 200
+
+
+def test_serve_logs_json_lines_with_log_format_json(tmp_path: Path) -> None:
+    config = tmp_path / "vilokanam.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\npublic_host = "127.0.0.1"\n'
+        f"[rtmp]\nport = {free_port()}\n[http]\nport = {free_port()}\n"
+    )
+    command = [
+        str(Path(sys.executable).with_name("vilokanam")),
+        "serve",
+        "--config",
+        str(config),
+        "--log-format",
+        "json",
+    ]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VILOKANAM_")}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if "Operator API:" in process.stdout.readline():
+                break
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    records = [json.loads(line) for line in errors.splitlines() if line.strip()]
+    assert records, "the server logged something"
+    assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    messages = [r["msg"] for r in records]
+    assert any(m.startswith("database migrated: 0001") for m in messages), messages
+    assert any(m.startswith("listening: rtmp") for m in messages), messages

@@ -147,3 +147,15 @@ def test_live_commands_without_a_server_say_how(env: Path, monkeypatch: pytest.M
     assert remote.exit_code == 1 and "cannot reach http://127.0.0.1:9" in remote.output
     no_token = runner.invoke(app, ["status", "--server", "http://127.0.0.1:9"])
     assert no_token.exit_code == 2 and "--token" in no_token.output
+
+
+def test_db_upgrade_and_status(env: Path) -> None:
+    before = runner.invoke(app, ["db", "status"])
+    assert before.exit_code == 0 and "revision none" in before.output
+    assert "vilokanam db upgrade" in before.output
+    upgraded = runner.invoke(app, ["db", "upgrade"])
+    assert upgraded.exit_code == 0 and "Applied 0001" in upgraded.output
+    again = runner.invoke(app, ["db", "upgrade"])
+    assert "up to date" in again.output
+    after = runner.invoke(app, ["db", "status"])
+    assert "up to date" in after.output
