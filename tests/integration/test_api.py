@@ -211,7 +211,11 @@ def test_bad_input_answers_with_status_code_and_field(api: Api) -> None:
     for query in ("limit=0", "limit=501", "limit=many"):
         assert invalid("GET", f"/history?{query}", None)[0]["field"] == "limit"
     assert invalid("GET", "/history?before=x", None)[0]["field"] == "before"
-    assert invalid("GET", "/history/abc", None)[0]["field"] == "id"
+    assert invalid("GET", "/history?before=99999999999999999999999", None)[0]["field"] == "before"
+    for raw_id in ("abc", "%C2%B2", "99999999999999999999999", "0"):
+        assert invalid("GET", f"/history/{raw_id}", None)[0]["field"] == "id", raw_id
+    detail = invalid("POST", "/channels", {"slug": "abc\n"})
+    assert detail == [{"field": "slug", "message": SLUG_RULE}], "no trailing newline in a slug"
 
     status, payload = api.error("POST", "/channels", raw=b'{"slug": ')
     assert (status, payload["error"]) == (400, "bad_request")

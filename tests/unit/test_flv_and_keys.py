@@ -56,3 +56,4 @@ def test_slug_rule() -> None:
     assert valid_slug("demo") and valid_slug("a1-b2")
     assert not valid_slug("Demo") and not valid_slug("-x") and not valid_slug("a")
     assert not valid_slug("a" * 64) and not valid_slug("../etc")
+    assert not valid_slug("abc\n"), "a trailing newline is not part of a slug ($ would allow it)"

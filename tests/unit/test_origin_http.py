@@ -73,7 +73,7 @@ async def test_healthz(client) -> None:  # type: ignore[no-untyped-def]
 
 def test_safe_relative() -> None:
     assert safe_relative("source/seg-1.m4s") == "source/seg-1.m4s"
-    for bad in ["../x", "a/../b", "/etc/passwd", "a//b", ".hidden", "a/b/c/d", ""]:
+    for bad in ["../x", "a/../b", "/etc/passwd", "a//b", ".hidden", "a/b/c/d", "", "seg.m4s\n"]:
         assert safe_relative(bad) is None, bad
 
 

@@ -10,7 +10,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -28,6 +28,23 @@ class CliError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ServerUnreachable(CliError):
+    """Nothing answered at the server's address (not running, wrong port)."""
+
+
+def store_error(exc: Exception) -> CliError:
+    """A store refusal worded like the API's error for it (same code, same exit status)."""
+    from vilokanam.store import ChannelExists, ChannelNotFound, InvalidField, SessionNotFound
+
+    if isinstance(exc, ChannelNotFound | SessionNotFound):
+        return CliError(f"not_found: {exc}")
+    if isinstance(exc, ChannelExists):
+        return CliError(f"conflict: {exc}")
+    if isinstance(exc, InvalidField):
+        return CliError(f"validation_error: {exc.field}: {exc}", 2)
+    return CliError(f"bad_request: {exc}", 2)
 
 
 def describe_api_error(status: int, payload: Json) -> str:
@@ -84,11 +101,17 @@ class RemoteBackend:
                 payload = json.loads(raw)
             except ValueError:
                 payload = raw.decode(errors="replace")[:200]
-            hint = " (check --token)" if exc.code == 401 else ""
-            raise CliError(describe_api_error(exc.code, payload) + hint) from None
+            hint = (
+                " (the token does not match the server's: api.token, VILOKANAM_API_TOKEN or "
+                "{data_dir}/api-token on the server; pass it with --token)"
+                if exc.code == 401
+                else ""
+            )
+            exit_code = 2 if exc.code in (400, 422) else 1
+            raise CliError(describe_api_error(exc.code, payload) + hint, exit_code) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise CliError(
+            raise ServerUnreachable(
                 f"cannot reach {self.base}: {reason} (is `vilokanam serve` running there?)"
             ) from None
         return json.loads(raw) if raw else None
@@ -154,44 +177,61 @@ class LocalBackend:
         from vilokanam.store import Store
 
         self.settings = settings
+        self._cached_server: RemoteBackend | Literal[False] | None = None
         self.store = Store(settings.database_url)
         self.service = ChannelService(self.store, settings, urls_for(settings), self._live_slugs)
 
     def _live_slugs(self) -> set[str]:
+        """Live channels: the local server's view when it runs, else open sessions in the DB."""
+        server = self._server_if_running()
+        if server is not None:
+            return {stream["channel"] for stream in server.live_streams()}
         from vilokanam.store import SessionState
 
-        live = set()
-        for stream, channel in self.store.history(limit=500):
-            if stream.state is not SessionState.ENDED:
-                live.add(channel.slug)
-        return live
+        return {
+            channel.slug
+            for stream, channel in self.store.history(limit=500)
+            if stream.state is not SessionState.ENDED
+        }
 
-    def _local_server(self) -> RemoteBackend:
-        """The API of the server started from the same config on this machine."""
-        from vilokanam.origin.api.token import load_or_create_token
+    def _local_server(self) -> RemoteBackend | None:
+        """The API of a server started from the same config here; None if it has no token yet
+        (never started). The token is read, never created: the server owns it."""
+        from vilokanam.origin.api.token import token_path
 
-        port = self.settings.http.port
+        token = self.settings.api.token
+        if not token:
+            try:
+                token = token_path(self.settings).read_text().strip()
+            except OSError:
+                return None
         host = self.settings.http.host
         host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-        return RemoteBackend(f"http://{host}:{port}", load_or_create_token(self.settings), 10)
+        return RemoteBackend(f"http://{host}:{self.settings.http.port}", token, 10)
 
     def _server_if_running(self) -> RemoteBackend | None:
+        """The local server's API if something answers there. An answer that is an error
+        (a token mismatch) is raised: changing the database behind a running server's back
+        would leave its live streams inconsistent."""
+        if self._cached_server is not None:
+            return self._cached_server or None
         server = self._local_server()
-        try:
-            server.request("GET", "/status")
-        except CliError:
-            return None
+        if server is not None:
+            try:
+                server.request("GET", "/status")
+            except ServerUnreachable:
+                server = None
+        self._cached_server = server or False
         return server
 
     def _server_required(self) -> RemoteBackend:
-        server = self._local_server()
-        try:
-            server.request("GET", "/status")
-        except CliError as exc:
+        server = self._server_if_running()
+        if server is None:
             raise CliError(
-                f"{exc}\nLive-stream commands need the running server: start `vilokanam serve` "
-                "here, or pass --server URL --token TOKEN."
-            ) from None
+                "Live-stream commands need the running server, and none answers at "
+                f"http://127.0.0.1:{self.settings.http.port}: start `vilokanam serve` here, "
+                "or pass --server URL --token TOKEN."
+            )
         return server
 
     @staticmethod
@@ -204,11 +244,10 @@ class LocalBackend:
         try:
             return model.model_validate(body)
         except ValidationError as exc:
-            fields = "; ".join(
-                f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
-                for error in exc.errors()
-            )
-            raise CliError(f"validation_error: {fields}", 2) from None
+            from vilokanam.origin.api.errors import field_errors
+
+            payload = {"error": "validation_error", "detail": field_errors(exc)}
+            raise CliError(describe_api_error(422, payload), 2) from None
 
     # -- channels -------------------------------------------------------------
     def create_channel(self, body: dict[str, Any]) -> Json:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import typer
 
-from vilokanam.cli.backend import CliError
+from vilokanam.cli.backend import CliError, store_error
 from vilokanam.cli.output import err_console
 
 
@@ -20,5 +20,6 @@ def run(action: Callable[[], None]) -> None:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
     except StoreError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        error = store_error(exc)
+        err_console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(error.exit_code) from None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from vilokanam.config import Settings
 from vilokanam.store import Store
@@ -72,34 +72,49 @@ def claim_due(
     lease: float,
     now: datetime | None = None,
 ) -> list[Claimed]:
-    """Claim up to ``limit`` due pending rows, oldest first, at most ``per_url`` per URL
-    counting the ``busy`` requests already in flight; each is leased for ``lease`` seconds."""
+    """Claim up to ``limit`` due pending rows, at most ``per_url`` per URL counting the ``busy``
+    requests already in flight; each is leased for ``lease`` seconds.
+
+    URLs are served in the order of their oldest due row, and each URL's rows oldest first.
+    Rows are picked per URL, so a backlog for one (dead) endpoint never hides another's rows.
+    """
     if limit <= 0:
         return []
     now = now or utcnow()
-    query = (
-        select(WebhookDelivery)
+    full = sorted(url for url, count in busy.items() if count >= per_url)
+    due = (
+        select(WebhookDelivery.url, func.min(WebhookDelivery.next_attempt_at))
         .where(WebhookDelivery.state == DeliveryState.PENDING)
         .where(WebhookDelivery.next_attempt_at <= now)
-        .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
-        .limit(max(limit * 8, 64))  # room to skip rows of endpoints that are already busy
-        .with_for_update(skip_locked=True)  # PostgreSQL: two servers never take one row
+        .group_by(col(WebhookDelivery.url))
+        .order_by(func.min(WebhookDelivery.next_attempt_at), col(WebhookDelivery.url))
     )
-    counts = dict(busy)
+    if full:
+        due = due.where(col(WebhookDelivery.url).not_in(full))
     claimed: list[Claimed] = []
     with store.session() as db:
-        for row in db.exec(query):
+        for url, _oldest in db.exec(due).all():
+            room = min(per_url - busy.get(url, 0), limit - len(claimed))
+            if room <= 0:
+                continue
+            rows = db.exec(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.state == DeliveryState.PENDING)
+                .where(WebhookDelivery.next_attempt_at <= now)
+                .where(WebhookDelivery.url == url)
+                .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
+                .limit(room)
+                .with_for_update(skip_locked=True)  # PostgreSQL: two servers never take one row
+            ).all()
+            for row in rows:
+                assert row.id is not None
+                claimed.append(
+                    Claimed(row.id, row.event_id, row.event, row.url, row.body, row.attempts)
+                )
+                row.next_attempt_at = now + timedelta(seconds=lease)
+                db.add(row)
             if len(claimed) >= limit:
                 break
-            if counts.get(row.url, 0) >= per_url:
-                continue
-            counts[row.url] = counts.get(row.url, 0) + 1
-            assert row.id is not None
-            claimed.append(
-                Claimed(row.id, row.event_id, row.event, row.url, row.body, row.attempts)
-            )
-            row.next_attempt_at = now + timedelta(seconds=lease)
-            db.add(row)
         db.commit()
     return claimed
 

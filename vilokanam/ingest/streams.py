@@ -24,7 +24,7 @@ from vilokanam.ingest import flv
 from vilokanam.origin.storage import Storage
 from vilokanam.packager.live import MASTER, LivePackager
 from vilokanam.packager.playlist import SegmentEntry
-from vilokanam.store import Channel, SessionState, Store
+from vilokanam.store import Channel, SessionNotFound, SessionState, Store
 from vilokanam.store.models import utcnow
 from vilokanam.transcode.supervisor import WorkerGone, WorkerProcess
 
@@ -143,6 +143,8 @@ class StreamStats:
     peak_viewers: int = 0
     segment_latency: Distribution = field(default_factory=Distribution)
     """Seconds from when a segment's last media was due (its PROGRAM-DATE-TIME end) to listing."""
+    publisher_left_at: datetime | None = None
+    """When the last publisher left: the stream's end if nobody returns in the window."""
 
     @property
     def uptime(self) -> float:
@@ -316,6 +318,7 @@ class LiveStream:
         """A different connection continues this stream: its codecs may differ, so forget ours."""
         self.publisher = publisher
         self.end_reason = "publisher left"
+        self.stats.publisher_left_at = None
         self._metadata = None
         self._sequence_headers.clear()
         self._need_keyframe = False
@@ -326,12 +329,16 @@ class LiveStream:
         first = self.segments == 0
         self.segments = sequence + 1
         if first or sequence % 30 == 0:
-            await asyncio.to_thread(
-                self.manager.store.update_session,
-                self.session_id,
-                state=SessionState.LIVE,
-                segments=self.segments,
-            )
+            try:
+                await asyncio.to_thread(
+                    self.manager.store.update_session,
+                    self.session_id,
+                    state=SessionState.LIVE,
+                    segments=self.segments,
+                    peak_viewers=self.stats.peak_viewers,
+                )
+            except Exception as exc:  # the end writes the figures again
+                log.warning("%s: could not record progress: %s", self.name, exc)
             if first:
                 log.info("%s: live at /live/%s/%s", self.name, self.channel.slug, MASTER)
 
@@ -356,21 +363,50 @@ class LiveStream:
         await self._finishing
 
     async def _finish(self) -> None:
+        """Never raises: a failing step is logged and the rest still runs, so the channel is
+        free for its next publish even when the store or storage had a bad moment."""
         self.cancel_end()
-        await self.stop_worker()
+        for step in (self.stop_worker, self.packager.finish):
+            try:
+                await step()
+            except Exception:
+                log.exception("%s: ending the stream: %s failed", self.name, step.__name__)
         self.ended = True
-        await self.packager.finish()
-        await asyncio.to_thread(
-            self.manager.store.update_session,
-            self.session_id,
-            state=SessionState.ENDED,
-            segments=self.segments,
-            peak_viewers=self.stats.peak_viewers,
-            end_reason=self.end_reason,
-        )
-        self.manager.forget(self)
-        self.manager.events.stream_ended(self)
-        log.info("%s: stream ended after %d segments", self.name, self.segments)
+        try:
+            await self._record_end()
+        finally:
+            self.manager.forget(self)
+            self.manager.events.stream_ended(self)
+        log.info("%s: ended after %d segments (%s)", self.name, self.segments, self.end_reason)
+
+    async def _record_end(self) -> None:
+        """Write the end to the store, retrying briefly (a locked SQLite file, a PostgreSQL
+        failover); if it still fails, the next start ends the session (end_unfinished_sessions)."""
+        ended_at = self.stats.publisher_left_at or utcnow()
+        for delay in END_WRITE_RETRIES:
+            try:
+                await asyncio.to_thread(
+                    self.manager.store.update_session,
+                    self.session_id,
+                    state=SessionState.ENDED,
+                    segments=self.segments,
+                    peak_viewers=self.stats.peak_viewers,
+                    end_reason=self.end_reason,
+                    at=ended_at,
+                )
+                return
+            except SessionNotFound:
+                return  # the channel was deleted with its history
+            except Exception as exc:
+                if delay is None:
+                    log.error("%s: could not record the end of the stream: %s", self.name, exc)
+                    return
+                log.warning("%s: recording the end failed (%s); retrying", self.name, exc)
+                await asyncio.sleep(delay)
+
+
+END_WRITE_RETRIES = (0.5, 1.0, 2.0, 4.0, None)
+"""Pauses between attempts to write a stream's end; None: the last attempt."""
 
 
 def _metadata_mentions(metadata: bytes, key: bytes) -> bool:
@@ -476,6 +512,7 @@ class StreamManager:
         if stream.publisher is not publisher:
             return  # already replaced by a reconnect
         stream.publisher = None
+        stream.stats.publisher_left_at = utcnow()
         await stream.stop_worker()
         if stream.publisher is None and not stream.ended:
             stream.schedule_end(self.settings.rtmp.reconnect_window)

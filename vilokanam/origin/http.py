@@ -42,7 +42,7 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 def safe_relative(path: str) -> str | None:
     """``path`` if every part is a plain file/folder name (no ``..``, no hidden files)."""
     parts = path.split("/")
-    if not parts or len(parts) > 3 or not all(_SAFE_PART.match(part) for part in parts):
+    if not parts or len(parts) > 3 or not all(_SAFE_PART.fullmatch(part) for part in parts):
         return None
     if any(part.startswith(".") or ".." in part for part in parts):
         return None
@@ -81,7 +81,7 @@ async def cors_middleware(
 async def serve_live(request: web.Request) -> web.StreamResponse:
     slug = request.match_info["slug"]
     relpath = safe_relative(request.match_info["path"])
-    if not _SLUG.match(slug) or relpath is None:
+    if not _SLUG.fullmatch(slug) or relpath is None:
         raise web.HTTPNotFound(text="not found")
     resolve = request.app[RESOLVE_MEDIA]
     prefix = resolve(slug)
@@ -108,7 +108,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 async def watch_page(request: web.Request) -> web.Response:
     """A player page: native HLS where the browser has it, hls.js elsewhere."""
     slug = request.match_info["slug"]
-    if not _SLUG.match(slug):
+    if not _SLUG.fullmatch(slug):
         raise web.HTTPNotFound(text="not found")
     html = (STATIC_DIR / "watch.html").read_text().replace("{{slug}}", slug)
     return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
@@ -118,7 +118,7 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     """Optional player assets (``hls.min.js`` if an operator drops it into ``static/``)."""
     name = request.match_info["name"]
     file = STATIC_DIR / name
-    if not _SAFE_PART.match(name) or name.endswith(".html") or not file.is_file():
+    if not _SAFE_PART.fullmatch(name) or name.endswith(".html") or not file.is_file():
         raise web.HTTPNotFound(text="not found")
     return web.FileResponse(file, headers={"Cache-Control": "public, max-age=3600"})
 

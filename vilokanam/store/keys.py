@@ -25,4 +25,4 @@ def key_matches(key: str, stored_hash: str) -> bool:
 
 
 def valid_slug(slug: str) -> bool:
-    return bool(SLUG_PATTERN.match(slug))
+    return bool(SLUG_PATTERN.fullmatch(slug))

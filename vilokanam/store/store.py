@@ -296,6 +296,7 @@ class Store:
             for stream in open_sessions:
                 stream.state = SessionState.ENDED
                 stream.ended_at = stream.ended_at or utcnow()
+                stream.end_reason = stream.end_reason or "server stopped unexpectedly"
                 db.add(stream)
             db.commit()
         return len(open_sessions)

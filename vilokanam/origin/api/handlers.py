@@ -20,6 +20,7 @@ from vilokanam.origin.api.schemas import (
     LiveStreamOut,
     RenditionOut,
     RotateQuery,
+    SessionOut,
     StatusOut,
 )
 
@@ -198,14 +199,34 @@ async def kick_stream(ctx: ApiContext, call: Call) -> BaseModel:
 
 
 # -- history ---------------------------------------------------------------------------------
+MAX_ID = 2**63 - 1
+
+
+def _with_live_figures(ctx: ApiContext, session: SessionOut) -> SessionOut:
+    """A session still running: segments and peak viewers from memory (the store lags)."""
+    if session.state == "ended":
+        return session
+    stream = ctx.manager.stream_for_slug(session.channel)
+    if stream is None or stream.session_id != session.id:
+        return session
+    return session.model_copy(
+        update={
+            "segments": max(session.segments, stream.segments),
+            "peak_viewers": max(session.peak_viewers, stream.stats.peak_viewers),
+        }
+    )
+
+
 async def history(ctx: ApiContext, call: Call) -> list[BaseModel]:
     query: HistoryQuery = call.query
     service = ctx.service()
-    return list(await ctx.blocking(service.history, query.channel, query.limit, query.before))
+    sessions = await ctx.blocking(service.history, query.channel, query.limit, query.before)
+    return [_with_live_figures(ctx, session) for session in sessions]
 
 
 async def get_session(ctx: ApiContext, call: Call) -> BaseModel:
     raw = call.request.match_info["id"]
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_ID:
         raise validation_error([{"field": "id", "message": "must be a positive integer"}])
-    return await ctx.blocking(ctx.service().session, int(raw))
+    session = await ctx.blocking(ctx.service().session, int(raw))
+    return _with_live_figures(ctx, session)

@@ -32,7 +32,7 @@ class RungIn(Rung):
 
 
 def _check_slug(value: str) -> str:
-    if not SLUG_PATTERN.match(value):
+    if not SLUG_PATTERN.fullmatch(value):
         raise PydanticCustomError("slug", SLUG_RULE)
     return value
 
@@ -222,7 +222,9 @@ class HistoryQuery(BaseModel):
 
     channel: str | None = Field(default=None, description="Only this channel's sessions")
     limit: int = Field(default=50, ge=1, le=500)
-    before: int | None = Field(default=None, ge=1, description="Sessions with a smaller id")
+    before: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="Sessions with a smaller id"
+    )
 
 
 class RotateQuery(BaseModel):
