@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from tests.conftest import require_tool
 from tests.media import run_ffmpeg_publish
 from vilokanam.hooks import verify
+from vilokanam.hooks.publish_auth import UNAVAILABLE
 from vilokanam.hooks.testing import HookReceiver
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +49,22 @@ def rejection(hooks: HookReceiver) -> dict[str, Any]:
     return event.json["data"]  # type: ignore[no-any-return]
 
 
-def test_a_refusing_hook_refuses_a_real_publish(start_server, hooks, ffmpeg) -> None:  # type: ignore[no-untyped-def]
+def hook_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "vilokanam.hooks.publish_auth"
+    ]
+
+
+def assert_no_internals(reason: str, hooks: HookReceiver) -> None:
+    """What the RTMP client is told names neither the hook nor its host."""
+    assert "http" not in reason and "127.0.0.1" not in reason, reason
+    assert str(hooks.port) not in reason, reason
+
+
+def test_a_refusing_hook_refuses_a_real_publish(start_server, hooks, ffmpeg, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, logger="vilokanam.hooks")
     hooks.answer("/auth", 403, body="channel suspended")
     server = hook_server(start_server, hooks)
     key = server.create_channel("gated")
@@ -74,7 +91,12 @@ def test_a_refusing_hook_refuses_a_real_publish(start_server, hooks, ffmpeg) -> 
 
     data = rejection(hooks)
     assert data["channel"] == "gated" and data["peer"] == peer
-    assert data["reason"] == "publish hook refused (HTTP 403): channel suspended"
+    # The operator's own answer reaches the publisher; the hook's URL only the log.
+    assert data["reason"] == "publish refused by the publish hook (HTTP 403): channel suspended"
+    assert_no_internals(data["reason"], hooks)
+    assert "channel suspended" in result.stderr, "the client is told why"
+    [warning] = hook_warnings(caplog)
+    assert hooks.url("/auth") in warning and "HTTP 403" in warning and "'gated'" in warning
 
 
 def test_the_hook_is_told_the_publish_query(start_server, hooks, ffmpeg) -> None:  # type: ignore[no-untyped-def]
@@ -105,7 +127,8 @@ def test_an_allowing_hook_lets_the_publish_through(start_server, hooks, ffmpeg) 
     assert hooks.received("/events") == []
 
 
-def test_a_hanging_hook_refuses_after_its_timeout(start_server, hooks, ffmpeg) -> None:  # type: ignore[no-untyped-def]
+def test_a_hanging_hook_refuses_after_its_timeout(start_server, hooks, ffmpeg, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, logger="vilokanam.hooks")
     hooks.answer("/auth", 200, delay=30)  # would allow, but far too late
     server = hook_server(start_server, hooks)
     key = server.create_channel("slowauth")
@@ -118,10 +141,15 @@ def test_a_hanging_hook_refuses_after_its_timeout(start_server, hooks, ffmpeg) -
     assert server.store.sessions() == []
 
     reason = rejection(hooks)["reason"]
-    assert reason == f"publish hook {hooks.url('/auth')} did not answer within 1 s"
+    assert reason == UNAVAILABLE == "publish authorization unavailable, try again later"
+    assert_no_internals(reason, hooks)
+    assert UNAVAILABLE in result.stderr
+    [warning] = hook_warnings(caplog)
+    assert f"publish hook {hooks.url('/auth')} did not answer within 1 s" in warning, warning
 
 
-def test_an_unreachable_hook_fails_closed(start_server, hooks, ffmpeg) -> None:  # type: ignore[no-untyped-def]
+def test_an_unreachable_hook_fails_closed(start_server, hooks, ffmpeg, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, logger="vilokanam.hooks")
     server = hook_server(start_server, hooks)
     key = server.create_channel("nohook")
     hooks_url = hooks.url("/auth")
@@ -134,7 +162,11 @@ def test_an_unreachable_hook_fails_closed(start_server, hooks, ffmpeg) -> None: 
     deadline = time.monotonic() + 5
     while not (rows := _outbox_bodies(server)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert rows and f"publish hook {hooks_url} unreachable" in rows[0], rows
+    assert rows and f'"reason":"{UNAVAILABLE}"' in rows[0], rows
+    assert hooks_url not in rows[0] and "Connect" not in rows[0], rows
+    assert UNAVAILABLE in result.stderr
+    [warning] = hook_warnings(caplog)
+    assert f"publish hook {hooks_url} unreachable: ClientConnectorError" in warning, warning
 
 
 def _outbox_bodies(server) -> list[str]:  # type: ignore[no-untyped-def]

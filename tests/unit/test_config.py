@@ -67,6 +67,14 @@ def test_env_ladder_as_json() -> None:
         (
             {
                 "VILOKANAM_WEBHOOKS_SECRET": "s3cret",
+                "VILOKANAM_WEBHOOKS_ENDPOINTS": '[{"url": "https://h.example/a"}, '
+                '{"url": "https://h.example/a", "secret": "other", "events": ["stream.ended"]}]',
+            },
+            "webhooks.endpoints lists https://h.example/a more than once",
+        ),
+        (
+            {
+                "VILOKANAM_WEBHOOKS_SECRET": "s3cret",
                 "VILOKANAM_WEBHOOKS_ENDPOINTS": '[{"url": "https://h.example", "events": ["x"]}]',
             },
             "webhooks.endpoints.0.events.0: Input should be 'stream.started'",

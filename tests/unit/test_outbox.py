@@ -1,15 +1,19 @@
-"""The webhook outbox's claim query: per-URL limits without head-of-line blocking."""
+"""The webhook outbox: the claim query's per-URL limits without head-of-line blocking, and the
+coalescing that keeps rejected publishes from growing it without bound."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from vilokanam.hooks import outbox
-from vilokanam.store import Store, migrate
+from vilokanam.hooks.dispatcher import WebhookDispatcher
+from vilokanam.hooks.events import PUBLISH_REJECTED, WebhookEvents
+from vilokanam.store import Channel, Store, migrate
 from vilokanam.store.models import WebhookDelivery, utcnow
 
 DEAD = "http://dead/"
@@ -87,3 +91,84 @@ def test_the_limit_caps_the_claim_across_urls(store: Store) -> None:
 def test_rows_not_yet_due_are_left(store: Store) -> None:
     add_rows(store, GOOD, 2, age=-60.0)  # due in a minute
     assert claim(store, {}) == []
+
+
+# -- stream.publish_rejected coalescing -----------------------------------------
+
+
+class FakeDispatcher:
+    """Records what would be queued."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def submit(self, event: str, data: dict[str, Any]) -> None:
+        self.sent.append((event, data))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def events_with(clock: FakeClock, **options: Any) -> tuple[WebhookEvents, FakeDispatcher]:
+    dispatcher = FakeDispatcher()
+    events = WebhookEvents(cast(WebhookDispatcher, dispatcher), clock=clock, **options)
+    return events, dispatcher
+
+
+BAD_KEY = "unknown or revoked stream key"
+
+
+def test_repeated_rejections_are_coalesced_and_counted() -> None:
+    clock = FakeClock()
+    events, dispatcher = events_with(clock)
+    for port in range(50000, 50100):  # a bot guessing keys from one IP, new connection each time
+        events.publish_rejected(f"203.0.113.5:{port}", BAD_KEY, None)
+        clock.now += 0.1
+    assert len(dispatcher.sent) == 1
+    event, data = dispatcher.sent[0]
+    assert event == PUBLISH_REJECTED
+    assert data["peer"] == "203.0.113.5:50000" and data["suppressed"] == 0
+
+    clock.now += 60.0  # the window is over: the next one is sent with the count
+    events.publish_rejected("203.0.113.5:50200", BAD_KEY, None)
+    assert len(dispatcher.sent) == 2
+    assert dispatcher.sent[1][1]["suppressed"] == 99
+    events.publish_rejected("203.0.113.5:50201", BAD_KEY, None)
+    assert len(dispatcher.sent) == 2, "a new window began with the event just sent"
+
+
+def test_other_ips_channels_and_reasons_are_not_held_back() -> None:
+    clock = FakeClock()
+    events, dispatcher = events_with(clock)
+    gated = Channel(id=7, slug="gated")
+    events.publish_rejected("203.0.113.5:1", BAD_KEY, None)
+    events.publish_rejected("203.0.113.6:1", BAD_KEY, None)
+    events.publish_rejected("[2001:db8::1]:1", BAD_KEY, None)
+    events.publish_rejected("203.0.113.5:2", "publish refused (HTTP 403)", gated)
+    events.publish_rejected("203.0.113.5:3", "channel is already live", gated)
+    events.publish_rejected("203.0.113.5:4", BAD_KEY, None)  # a repeat of the first
+    assert [data["peer"] for _, data in dispatcher.sent] == [
+        "203.0.113.5:1",
+        "203.0.113.6:1",
+        "[2001:db8::1]:1",
+        "203.0.113.5:2",
+        "203.0.113.5:3",
+    ]
+    assert dispatcher.sent[3][1]["channel"] == "gated" and dispatcher.sent[3][1]["channel_id"] == 7
+
+
+def test_the_coalescing_memory_is_bounded() -> None:
+    clock = FakeClock()
+    events, dispatcher = events_with(clock, rejected_keys=3)
+    for n in range(10):
+        events.publish_rejected(f"198.51.100.{n}:1", BAD_KEY, None)
+    assert len(events._rejections) == 3
+    assert len(dispatcher.sent) == 10
+    events.publish_rejected("198.51.100.9:2", BAD_KEY, None)  # still remembered: held back
+    events.publish_rejected("198.51.100.0:2", BAD_KEY, None)  # forgotten: sent again
+    assert len(dispatcher.sent) == 11

@@ -109,8 +109,17 @@ class WebhookSettings(_Section):
     backoff_max: Seconds = 300.0
 
     @model_validator(mode="after")
-    def _secret_for_every_endpoint(self) -> WebhookSettings:
+    def _endpoints_are_distinct_and_signed(self) -> WebhookSettings:
+        seen: set[str] = set()
         for endpoint in self.endpoints:
+            if endpoint.url in seen:
+                # Deliveries are keyed by URL alone, so a second entry could not have its own
+                # secret or events.
+                raise ValueError(
+                    f"webhooks.endpoints lists {endpoint.url} more than once: give each URL "
+                    "once, with all the events it wants"
+                )
+            seen.add(endpoint.url)
             if not (endpoint.secret or self.secret):
                 raise ValueError(
                     f"endpoint {endpoint.url} has no signing secret: set webhooks.secret "

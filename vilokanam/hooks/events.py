@@ -7,11 +7,15 @@ background: they return at once and never fail the caller.
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from vilokanam.hooks.dispatcher import WebhookDispatcher
+from vilokanam.hooks.publish_auth import client_ip
 from vilokanam.store import Channel
 from vilokanam.store.models import utcnow
 
@@ -25,23 +29,48 @@ STREAM_ENDED = "stream.ended"
 PUBLISH_REJECTED = "stream.publish_rejected"
 KEY_ROTATED = "channel.key_rotated"
 
+REJECTED_WINDOW = 60.0
+"""At most one ``stream.publish_rejected`` per (client IP, channel, reason) this many seconds."""
+REJECTED_KEYS = 10_000
+"""How many (client IP, channel, reason) keys are remembered; the least recent are forgotten."""
+
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat()
 
 
+@dataclass
+class _Rejections:
+    """The last ``stream.publish_rejected`` sent for one key, and the repeats held back since."""
+
+    sent_at: float
+    suppressed: int = 0
+
+
 class WebhookEvents:
-    """Implements ``StreamEvents``; ``key_rotated`` is for the API and CLI paths."""
+    """Implements ``StreamEvents``; ``key_rotated`` is for the API and CLI paths.
+
+    ``stream.publish_rejected`` is coalesced: repeats of one (client IP, channel, reason) within
+    ``rejected_window`` seconds are only counted, and the next event sent for that key carries
+    the count as ``suppressed`` (so a bot guessing keys cannot grow the outbox without bound).
+    """
 
     def __init__(
         self,
         dispatcher: WebhookDispatcher,
         *,
         playback_url: Callable[[str], str] | None = None,
+        rejected_window: float = REJECTED_WINDOW,
+        rejected_keys: int = REJECTED_KEYS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.dispatcher = dispatcher
         self.playback_url = playback_url
         """Public ``master.m3u8`` URL of a channel slug (ports are known only once started)."""
+        self.rejected_window = rejected_window
+        self.rejected_keys = rejected_keys
+        self._clock = clock
+        self._rejections: OrderedDict[tuple[str, str | None, str], _Rejections] = OrderedDict()
 
     def _send(self, event: str, data: dict[str, Any]) -> None:
         try:
@@ -75,6 +104,9 @@ class WebhookEvents:
 
     def stream_ended(self, stream: LiveStream) -> None:
         channel = stream.channel
+        # Ended when the publisher left; the reconnect window after that is not the stream's.
+        ended_at = stream.stats.publisher_left_at or utcnow()
+        duration = (ended_at - stream.stats.started_at).total_seconds()
         self._send(
             STREAM_ENDED,
             {
@@ -82,8 +114,8 @@ class WebhookEvents:
                 "channel_id": channel.id,
                 "stream_id": stream.session_id,
                 "started_at": _iso(stream.stats.started_at),
-                "ended_at": _iso(utcnow()),
-                "duration_seconds": round(stream.stats.uptime, 3),
+                "ended_at": _iso(ended_at),
+                "duration_seconds": round(max(0.0, duration), 3),
                 "segments": stream.segments,
                 "peak_viewers": stream.stats.peak_viewers,
                 "reason": stream.end_reason,
@@ -91,15 +123,36 @@ class WebhookEvents:
         )
 
     def publish_rejected(self, peer: str, reason: str, channel: Channel | None) -> None:
+        slug = channel.slug if channel is not None else None
+        suppressed = self._coalesce((client_ip(peer), slug, reason))
+        if suppressed is None:
+            return
         self._send(
             PUBLISH_REJECTED,
             {
-                "channel": channel.slug if channel is not None else None,
+                "channel": slug,
                 "channel_id": channel.id if channel is not None else None,
                 "peer": peer,
                 "reason": reason,
+                "suppressed": suppressed,
             },
         )
+
+    def _coalesce(self, key: tuple[str, str | None, str]) -> int | None:
+        """None to hold this rejection back, else how many were held back since the last sent."""
+        now = self._clock()
+        seen = self._rejections.get(key)
+        if seen is not None:
+            self._rejections.move_to_end(key)
+            if now - seen.sent_at < self.rejected_window:
+                seen.suppressed += 1
+                return None
+            suppressed, seen.sent_at, seen.suppressed = seen.suppressed, now, 0
+            return suppressed
+        self._rejections[key] = _Rejections(now)
+        while len(self._rejections) > self.rejected_keys:
+            self._rejections.popitem(last=False)
+        return 0
 
     # -- other events ---------------------------------------------------------
     def key_rotated(self, channel: Channel) -> None:

@@ -23,6 +23,9 @@ from vilokanam.ingest.streams import PublishAttempt
 log = logging.getLogger(__name__)
 
 BODY_IN_REASON = 200
+"""Characters of a refusing hook's (text) answer passed on to the publisher."""
+UNAVAILABLE = "publish authorization unavailable, try again later"
+"""The refusal the publisher sees when the hook timed out or could not be reached."""
 
 
 def client_ip(peer: str) -> str:
@@ -34,7 +37,12 @@ def client_ip(peer: str) -> str:
 
 
 class HttpPublishAuthorizer:
-    """An async ``PublishAuthorizer``: None allows the publish, a string is the refusal."""
+    """An async ``PublishAuthorizer``: None allows the publish, a string is the refusal.
+
+    The refusal reaches the RTMP client (``NetStream.Publish.BadName``) and the
+    ``stream.publish_rejected`` webhook, so it carries the hook's HTTP status and its own text
+    answer but never the hook's URL or a connection error; those go to the log.
+    """
 
     def __init__(self, settings: Settings) -> None:
         if not settings.publish_hook.url:
@@ -72,8 +80,13 @@ class HttpPublishAuthorizer:
         return headers
 
     async def __call__(self, attempt: PublishAttempt) -> str | None:
+        """None allows the publish; else the refusal, safe to show the RTMP client.
+
+        The client never sees the hook's URL or connection errors: those are logged here.
+        """
         body = self.request_body(attempt)
         where = display_url(self.url)
+        slug = attempt.channel.slug
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._client().post(
@@ -83,18 +96,28 @@ class HttpPublishAuthorizer:
                         return None
                     raw = await response.content.read(4 * BODY_IN_REASON)
         except TimeoutError:
-            reason = f"publish hook {where} did not answer within {self.timeout:g} s"
-            log.warning("channel %r: %s", attempt.channel.slug, reason)
-            return reason
+            log.warning(
+                "channel %r: publish hook %s did not answer within %g s; publish refused",
+                slug,
+                where,
+                self.timeout,
+            )
+            return UNAVAILABLE
         except aiohttp.ClientError as exc:
-            reason = f"publish hook {where} unreachable: {type(exc).__name__}: {exc}"
-            log.warning("channel %r: %s", attempt.channel.slug, reason)
-            return reason
-        reason = f"publish hook refused (HTTP {response.status})"
+            log.warning(
+                "channel %r: publish hook %s unreachable: %s: %s; publish refused",
+                slug,
+                where,
+                type(exc).__name__,
+                exc,
+            )
+            return UNAVAILABLE
+        reason = f"publish refused by the publish hook (HTTP {response.status})"
         shown = " ".join(raw.decode("utf-8", "replace").split())[:BODY_IN_REASON]
         content_type = response.headers.get("Content-Type", "")
         if shown and content_type.startswith(("text/", "application/json")):
-            reason += f": {shown}"
+            reason += f": {shown}"  # the operator's own message to the publisher
+        log.warning("channel %r: publish hook %s: %s", slug, where, reason)
         return reason
 
     async def close(self) -> None:
