@@ -186,6 +186,44 @@ class TranscodeSettings(_Section):
         return ladder
 
 
+class BillingSettings(_Section):
+    token_secret: str = ""
+    """HMAC key for playback tokens (env: VILOKANAM_BILLING_TOKEN_SECRET). Empty: generated on
+    first start into ``{data_dir}/billing-secret`` (mode 0600)."""
+    token_ttl: Annotated[int, Field(ge=60, le=7 * 86400)] = 6 * 3600
+    """Seconds a playback token stays valid."""
+    free_preview: Annotated[int, Field(ge=0, le=3600)] = 0
+    """Seconds of each stream a viewer watches before billing starts."""
+    platform_fee_bps: Annotated[int, Field(ge=0, le=10_000)] = 1000
+    """Platform fee in basis points of each tick (1000 = 10 %); the rest goes to the creator."""
+    flush_interval: Annotated[float, Field(ge=0.1, le=10)] = 1.0
+    """Seconds between flushes of watched ticks from memory to the ledger."""
+    settlement: Literal["local", "substrate"] = "local"
+    """``local``: the ledger is the truth. ``substrate``: payouts are settled on chain."""
+    settle_interval: Annotated[float, Field(ge=1, le=86400)] = 60.0
+    """Seconds between settlement batches (``vilokanam billing settle`` forces one)."""
+
+
+class ChainSettings(_Section):
+    url: str = ""
+    """Substrate node WebSocket URL (ws:// or wss://), for ``billing.settlement = "substrate"``."""
+    ss58_format: Annotated[int, Field(ge=0, le=16383)] = 42
+    escrow_seed_file: str = ""
+    """File holding the escrow account's seed (mnemonic or ``//Dev`` URI); else the env var
+    VILOKANAM_ESCROW_SEED. Never in the TOML file."""
+    poll_interval: Annotated[float, Field(ge=0.1, le=600)] = 2.0
+    """Seconds between looks at new finalized blocks (deposit watcher, settlement lookups)."""
+    timeout: Annotated[float, Field(ge=1, le=600)] = 30.0
+    """Seconds to wait for a submitted batch to be included before looking it up."""
+
+    @field_validator("url")
+    @classmethod
+    def _ws(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("ws", "wss"):
+            raise ValueError("must be a ws:// or wss:// URL")
+        return value
+
+
 class Settings(_Section):
     data_dir: Path = Path("./vilokanam-data")
     public_host: str = ""
@@ -200,11 +238,15 @@ class Settings(_Section):
     api: ApiSettings = Field(default_factory=ApiSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     publish_hook: PublishHookSettings = Field(default_factory=PublishHookSettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
+    chain: ChainSettings = Field(default_factory=ChainSettings)
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:
         if self.rtmp.port == self.http.port and self.rtmp.host == self.http.host:
             raise ValueError("rtmp.port and http.port must differ")
+        if self.billing.settlement == "substrate" and not self.chain.url:
+            raise ValueError('billing.settlement = "substrate" needs chain.url (ws://…)')
         return self
 
     @property

@@ -180,6 +180,7 @@ class LiveStream:
         self.name = f"{channel.slug}#{session_id}"
         self.publisher: Publisher | None = None
         self.stats = StreamStats()
+        self.segment_durations: dict[int, float] = {}
         self.end_reason = "publisher left"
         self.packager = LivePackager(
             self.prefix,
@@ -270,6 +271,7 @@ class LiveStream:
         elif kind == "stats":
             self.stats.transcode = event
         elif kind == "segment":
+            self._note_duration(int(event["sequence"]), float(event["duration"]))
             listed = self.packager.next_sequence
             await self.packager.handle(event)
             if self.packager.next_sequence > listed:  # this event completed sequence(s)
@@ -277,6 +279,17 @@ class LiveStream:
                 self.stats.note_listed(playlist.segments, listed)
             return
         await self.packager.handle(event)
+
+    def _note_duration(self, sequence: int, duration: float) -> None:
+        """Remember a sequence's duration for billing (the same in every rendition)."""
+        self.segment_durations.setdefault(sequence, duration)
+        if len(self.segment_durations) > DURATIONS_KEPT:
+            for old in sorted(self.segment_durations)[: len(self.segment_durations) // 2]:
+                del self.segment_durations[old]
+
+    def segment_duration(self, sequence: int) -> float | None:
+        """Seconds of content in media sequence ``sequence`` (None: unknown or long gone)."""
+        return self.segment_durations.get(sequence)
 
     async def _worker_crashed(self) -> None:
         worker, self.worker = self.worker, None
@@ -405,6 +418,8 @@ class LiveStream:
                 await asyncio.sleep(delay)
 
 
+DURATIONS_KEPT = 4096
+"""Segment durations remembered per stream (far more than any playlist window)."""
 END_WRITE_RETRIES = (0.5, 1.0, 2.0, 4.0, None)
 """Pauses between attempts to write a stream's end; None: the last attempt."""
 
@@ -520,6 +535,12 @@ class StreamManager:
     def forget(self, stream: LiveStream) -> None:
         if self.streams.get(stream.channel.id or -1) is stream:
             del self.streams[stream.channel.id or -1]
+
+    def stream_for_session(self, session_id: int) -> LiveStream | None:
+        for stream in self.streams.values():
+            if stream.session_id == session_id:
+                return stream
+        return None
 
     def stream_for_slug(self, slug: str) -> LiveStream | None:
         for stream in self.streams.values():

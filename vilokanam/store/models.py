@@ -54,6 +54,9 @@ class Channel(SQLModel, table=True):
     """Integer planck a viewer pays per second watched; 0 is a free channel."""
     ladder: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
     """Rungs that replace ``transcode.ladder`` for this channel (None: the server's ladder)."""
+    payout_address: str | None = Field(default=None, max_length=64)
+    """The creator's chain address (ss58) that settlement pays; None: earnings stay in the
+    ledger until one is set."""
     stream_key_hash: str | None = Field(default=None, index=True, unique=True, max_length=64)
     """SHA-256 hex of the stream key (192-bit random, so a fast hash is enough); None: revoked."""
     key_rotated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # type: ignore[arg-type]
@@ -103,3 +106,124 @@ class WebhookDelivery(SQLModel, table=True):
     last_error: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # type: ignore[arg-type]
     delivered_at: datetime | None = Field(default=None, sa_type=UtcDateTime)  # type: ignore[arg-type]
+
+
+# -- billing ----------------------------------------------------------------------------------
+
+
+class Viewer(SQLModel, table=True):
+    """A paying viewer: a name, a chain address for deposits, a hashed API key."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=63)
+    address: str | None = Field(default=None, index=True, unique=True, max_length=64)
+    """ss58 address the viewer deposits from (credited by the chain watcher)."""
+    key_hash: str = Field(index=True, unique=True, max_length=64)
+    """SHA-256 of the viewer's API key (``vk_…``), used to ask for playback tokens."""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # type: ignore[arg-type]
+
+
+class EntryKind(StrEnum):
+    DEPOSIT = "deposit"  # outside world → viewer
+    WATCH = "watch"  # viewer → creator + platform fee, for whole seconds watched
+    PAYOUT = "payout"  # creator → paid out on chain (settlement)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """One money movement; its postings sum to zero. ``key`` makes posting it idempotent."""
+
+    __tablename__ = "ledger_entry"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=200)
+    kind: EntryKind = Field(index=True)
+    viewer_id: int | None = Field(default=None, index=True)
+    channel_id: int | None = Field(default=None, index=True)
+    session_id: int | None = Field(default=None, index=True)
+    seconds: int = 0
+    """Ticks (whole seconds watched) for a watch entry."""
+    amount: int = Field(default=0, sa_type=BigInteger)  # type: ignore[arg-type]
+    """Gross amount in planck (what the viewer paid; what was deposited or paid out)."""
+    batch_id: str | None = Field(default=None, index=True, max_length=64)
+    """The settlement batch that settled this watch entry (None: not settled yet)."""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime, index=True)  # type: ignore[arg-type]
+
+
+class Posting(SQLModel, table=True):
+    """One side of an entry: ``amount`` (signed planck) to ``account``."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    entry_id: int = Field(foreign_key="ledger_entry.id", index=True)
+    account: str = Field(index=True, max_length=64)
+    """``viewer:{id}``, ``creator:{channel_id}``, ``platform``, ``deposits``, ``payouts``."""
+    amount: int = Field(sa_type=BigInteger)  # type: ignore[arg-type]
+
+
+class WatchState(SQLModel, table=True):
+    """What the tracker has billed one viewer for one stream session (survives restarts)."""
+
+    __tablename__ = "watch_state"
+
+    viewer_id: int = Field(primary_key=True)
+    session_id: int = Field(primary_key=True)
+    first_fetch_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # type: ignore[arg-type]
+    content_ms: int = Field(default=0, sa_type=BigInteger)  # type: ignore[arg-type]
+    """Milliseconds of content credited (billable part, after the free preview)."""
+    ticks: int = 0
+    """Whole seconds posted to the ledger so far."""
+    sequences: list[list[int]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    """Media sequence numbers already credited, as sorted ``[first, last]`` ranges."""
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # type: ignore[arg-type]
+
+
+class BatchState(StrEnum):
+    PREPARED = "prepared"  # written before submission
+    SUBMITTED = "submitted"
+    CONFIRMED = "confirmed"  # found on chain: paid exactly once
+    FAILED = "failed"  # the chain refused it (nothing paid); its entries are free again
+
+
+class SettlementBatch(SQLModel, table=True):
+    __tablename__ = "settlement_batch"
+
+    id: str = Field(primary_key=True, max_length=64)
+    state: BatchState = Field(default=BatchState.PREPARED, index=True)
+    backend: str = Field(default="local", max_length=16)
+    digest: str = Field(max_length=64)
+    """SHA-256 hex over the batch's entries (key, seconds, amount), carried in the remark."""
+    payouts: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    """``[{"channel_id", "address", "amount"}]`` paid by this batch."""
+    ticks: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # type: ignore[arg-type]
+    submitted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)  # type: ignore[arg-type]
+    confirmed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)  # type: ignore[arg-type]
+    extrinsic_hash: str | None = Field(default=None, max_length=80)
+    block_hash: str | None = Field(default=None, max_length=80)
+    error: str | None = None
+
+
+class ChainDeposit(SQLModel, table=True):
+    """A finalized Balances transfer to the escrow account, credited once."""
+
+    __tablename__ = "chain_deposit"
+
+    key: str = Field(primary_key=True, max_length=120)
+    """``{block_hash}:{extrinsic_index}:{event_index}``."""
+    viewer_id: int | None = Field(default=None, index=True)
+    sender: str = Field(max_length=64)
+    amount: int = Field(sa_type=BigInteger)  # type: ignore[arg-type]
+    block_number: int = Field(index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # type: ignore[arg-type]
+
+
+class ChainCursor(SQLModel, table=True):
+    """How far a chain reader (the deposit watcher) has read."""
+
+    __tablename__ = "chain_cursor"
+
+    name: str = Field(primary_key=True, max_length=64)
+    block_number: int = 0
+    genesis_hash: str = Field(default="", max_length=80)
+    """The chain the cursor belongs to: a different genesis (a reset dev chain) restarts it."""
