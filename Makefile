@@ -27,6 +27,8 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/transcode.py
+	$(BIN)/python bench/billing.py
+	$(BIN)/python bench/billing_origin.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -15,7 +15,7 @@ import pytest
 
 from vilokanam.config import Settings
 
-pytest_plugins = ["tests.postgres"]
+pytest_plugins = ["tests.postgres", "tests.chain"]
 
 REQUIRE_ALL = os.environ.get("VILOKANAM_REQUIRE_ALL") == "1"
 

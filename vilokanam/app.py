@@ -6,9 +6,13 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
+from vilokanam.billing.service import BillingService
+from vilokanam.billing.settlement.settler import Settler
+from vilokanam.billing.tokens import load_or_create_secret
 from vilokanam.config import Settings
 from vilokanam.config.urls import urls_for
 from vilokanam.hooks.dispatcher import WebhookDispatcher
@@ -18,6 +22,7 @@ from vilokanam.ingest.server import RtmpServer
 from vilokanam.ingest.streams import StreamManager
 from vilokanam.origin.api import setup_api
 from vilokanam.origin.api.token import load_or_create_token, token_path
+from vilokanam.origin.gate import BillingGate, ChannelCache, SegmentDurations, channel_lookup
 from vilokanam.origin.http import create_app
 from vilokanam.origin.metrics import ServerMetrics
 from vilokanam.origin.storage import LocalStorage
@@ -50,6 +55,14 @@ class VilokanamServer:
             authorize=self.publish_hook,
         )
         self.viewers = ViewerCounter(settings.http.viewer_timeout)
+        self.billing = BillingService(self.store, settings)
+        self.settler = Settler(settings, self.store)
+        self.deposit_watcher: Any = None
+        if settings.billing.settlement == "substrate":  # substrate-interface loads only here
+            from vilokanam.billing.settlement.watcher import DepositWatcher
+
+            self.deposit_watcher = DepositWatcher(settings, self.store)
+        self.gate: BillingGate | None = None
         self.metrics = ServerMetrics(self.manager, self.viewers)
         self.metrics.track_webhook_deliveries(
             lambda: {
@@ -70,6 +83,17 @@ class VilokanamServer:
         if stale:
             log.info("ended %d stream session(s) left open by an earlier run", stale)
         await self.webhooks.start()
+        await self.billing.start()
+        await self.settler.start()
+        if self.deposit_watcher is not None:
+            await self.deposit_watcher.start()
+        secret = await asyncio.to_thread(load_or_create_secret, self.settings)
+        self.gate = BillingGate(
+            self.billing,
+            ChannelCache(channel_lookup(self.store)),
+            secret,
+            SegmentDurations(self.manager),
+        )
         await self.rtmp.start()
         app = create_app(
             self.settings,
@@ -77,6 +101,7 @@ class VilokanamServer:
             self.manager.media_prefix,
             metrics=self.metrics,
             viewers=self.viewers,
+            gate=self.gate,
         )
         if self.settings.api.enabled:
             setup_api(
@@ -86,6 +111,10 @@ class VilokanamServer:
                 manager=self.manager,
                 urls_provider=lambda: self.urls,
                 token=await asyncio.to_thread(load_or_create_token, self.settings),
+                billing=self.billing,
+                token_secret=secret,
+                settler=self.settler,
+                channel_changed=self.gate.channels.forget,
             )
         self._viewer_task = asyncio.create_task(
             feed_viewer_counts(self.viewers, self.manager.live_streams)
@@ -146,6 +175,10 @@ class VilokanamServer:
             await self.publish_hook.close()
         if self.runner is not None:
             await self.runner.cleanup()
+        await self.billing.stop()  # after the origin: the last fetches reach the ledger
+        if self.deposit_watcher is not None:
+            await self.deposit_watcher.stop()
+        await self.settler.stop()
 
 
 async def serve_forever(settings: Settings) -> None:

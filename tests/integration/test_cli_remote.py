@@ -40,8 +40,9 @@ def wait_until(check: Any, timeout: float = 30.0) -> Any:
 def test_remote_cli_manages_a_live_channel(start_server) -> None:  # type: ignore[no-untyped-def]
     ffmpeg = require_tool("ffmpeg", "the ffmpeg CLI is the publisher")
     server = start_server(api={"token": TOKEN})
-    created = cli(server, "channel", "create", "talk", "--title", "Talk", "--price", "7")
-    assert created["stream_key"].startswith("sk_") and created["price_per_second"] == 7
+    created = cli(server, "channel", "create", "talk", "--title", "Talk", "--category", "chat")
+    assert created["stream_key"].startswith("sk_") and created["category"] == "chat"
+    assert created["price_per_second"] == 0, "free: players need no token"
     ladder = '[{"name": "180p", "height": 180, "video_bitrate": 300000}]'
     updated = cli(server, "channel", "update", "talk", "--ladder", ladder)
     assert [rung["name"] for rung in updated["ladder"]] == ["180p"]

@@ -37,10 +37,11 @@ class ServerUnreachable(CliError):
 def store_error(exc: Exception) -> CliError:
     """A store refusal worded like the API's error for it (same code, same exit status)."""
     from vilokanam.store import ChannelExists, ChannelNotFound, InvalidField, SessionNotFound
+    from vilokanam.store.errors import ViewerExists, ViewerNotFound
 
-    if isinstance(exc, ChannelNotFound | SessionNotFound):
+    if isinstance(exc, ChannelNotFound | SessionNotFound | ViewerNotFound):
         return CliError(f"not_found: {exc}")
-    if isinstance(exc, ChannelExists):
+    if isinstance(exc, ChannelExists | ViewerExists):
         return CliError(f"conflict: {exc}")
     if isinstance(exc, InvalidField):
         return CliError(f"validation_error: {exc.field}: {exc}", 2)
@@ -160,6 +161,37 @@ class RemoteBackend:
     def status(self) -> Json:
         return self.request("GET", "/status")
 
+    # -- billing ----------------------------------------------------------------
+    def create_viewer(self, body: dict[str, Any]) -> Json:
+        return self.request("POST", "/viewers", body)
+
+    def list_viewers(self) -> Json:
+        return self.request("GET", "/viewers")
+
+    def viewer_token(self, name: str, slug: str) -> Json:
+        return self.request("POST", f"/viewers/{_quote(name)}/playback/{_quote(slug)}")
+
+    def balance(self, name: str) -> Json:
+        return self.request("GET", f"/viewers/{_quote(name)}/balance")
+
+    def deposit(self, name: str, amount: int, reference: str | None = None) -> Json:
+        body: dict[str, Any] = {"amount": amount}
+        if reference is not None:
+            body["reference"] = reference
+        return self.request("POST", f"/viewers/{_quote(name)}/deposit", body)
+
+    def earnings(self, slug: str, since: str | None = None) -> Json:
+        return self.request("GET", f"/channels/{_quote(slug)}/earnings", query={"since": since})
+
+    def ledger(
+        self, stream: int | None, viewer: str | None, channel: str | None, limit: int
+    ) -> Json:
+        query = {"stream": stream, "viewer": viewer, "channel": channel, "limit": limit}
+        return self.request("GET", "/ledger", query=query)
+
+    def settle(self) -> Json:
+        return self.request("POST", "/billing/settle")
+
 
 def _quote(part: str) -> str:
     return urllib.parse.quote(part, safe="")
@@ -224,11 +256,11 @@ class LocalBackend:
         self._cached_server = server or False
         return server
 
-    def _server_required(self) -> RemoteBackend:
+    def _server_required(self, what: str = "Live-stream commands") -> RemoteBackend:
         server = self._server_if_running()
         if server is None:
             raise CliError(
-                "Live-stream commands need the running server, and none answers at "
+                f"{what} need the running server, and none answers at "
                 f"http://127.0.0.1:{self.settings.http.port}: start `vilokanam serve` here, "
                 "or pass --server URL --token TOKEN."
             )
@@ -305,6 +337,71 @@ class LocalBackend:
 
     def status(self) -> Json:
         return self._server_required().status()
+
+    # -- billing ----------------------------------------------------------------
+    @property
+    def billing(self) -> Any:
+        """Billing operations on this database; tokens signed with the local secret."""
+        from vilokanam.billing.tokens import load_or_create_secret
+        from vilokanam.origin.api.service import BillingOps
+
+        settings = self.settings
+        return BillingOps(
+            self.store, settings, urls_for(settings), lambda: load_or_create_secret(settings)
+        )
+
+    def create_viewer(self, body: dict[str, Any]) -> Json:
+        from vilokanam.origin.api.schemas import ViewerCreate
+
+        return self._dump(self.billing.create_viewer(self._validated(ViewerCreate, body)))
+
+    def list_viewers(self) -> Json:
+        return self._dump(self.billing.list_viewers())
+
+    def viewer_token(self, name: str, slug: str) -> Json:
+        ops = self.billing
+        return self._dump(ops.playback(ops.viewer(name), slug))
+
+    def balance(self, name: str) -> Json:
+        """The running server's live figures when it runs here, else the database's."""
+        server = self._server_if_running()
+        if server is not None:
+            return server.balance(name)
+        from vilokanam.origin.api.service import offline_viewer_status
+
+        viewer = self.billing.viewer(name)
+        return self._dump(offline_viewer_status(self.store, self.settings, viewer))
+
+    def deposit(self, name: str, amount: int, reference: str | None = None) -> Json:
+        """Through the running server when there is one (its live counters see it at once)."""
+        from vilokanam.origin.api.schemas import DepositIn
+
+        body: dict[str, Any] = {"amount": amount}
+        if reference is not None:
+            body["reference"] = reference
+        validated = self._validated(DepositIn, body)
+        server = self._server_if_running()
+        if server is not None:
+            return server.deposit(name, amount, reference)
+        return self._dump(self.billing.deposit(name, validated))
+
+    def earnings(self, slug: str, since: str | None = None) -> Json:
+        from vilokanam.origin.api.schemas import EarningsQuery
+
+        query = self._validated(EarningsQuery, {"since": since} if since else {})
+        return self._dump(self.billing.earnings(slug, query.since))
+
+    def ledger(
+        self, stream: int | None, viewer: str | None, channel: str | None, limit: int
+    ) -> Json:
+        from vilokanam.origin.api.schemas import LedgerQuery
+
+        raw = {"stream": stream, "viewer": viewer, "channel": channel, "limit": limit}
+        query = self._validated(LedgerQuery, {k: v for k, v in raw.items() if v is not None})
+        return self._dump(self.billing.entries(query))
+
+    def settle(self) -> Json:
+        return self._server_required("Settlement").settle()
 
 
 Backend = LocalBackend | RemoteBackend

@@ -61,6 +61,7 @@ def _show_channel(channel: dict[str, Any], heading: str | None = None) -> None:
             ("category", channel["category"] or "-"),
             ("tags", channel["tags"]),
             ("price per second", f"{channel['price_per_second']} planck"),
+            ("payout address", channel.get("payout_address") or "-"),
             ("ladder", rungs or "server default"),
             ("stream key", "active" if channel["key_active"] else "revoked"),
             ("key rotated", output.when(channel["key_rotated_at"])),
@@ -171,12 +172,16 @@ def update(
     clear_ladder: Annotated[
         bool, typer.Option("--clear-ladder", help="Use the server's ladder again.")
     ] = False,
+    payout_address: Annotated[
+        str | None,
+        typer.Option("--payout-address", help="Creator's ss58 address that settlement pays."),
+    ] = None,
     config: ConfigOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a channel's title, category, tags, price or ladder; other fields stay."""
+    """Change a channel's title, category, tags, price, ladder or payout address."""
     changes: dict[str, Any] = {}
     if title is not None:
         changes["title"] = title
@@ -188,9 +193,12 @@ def update(
         changes["price_per_second"] = price
     if ladder is not None or clear_ladder:
         changes["ladder"] = None if clear_ladder else _ladder(ladder)
+    if payout_address is not None:
+        changes["payout_address"] = payout_address or None
     if not changes:
         raise typer.BadParameter(
-            "nothing to change: give --title, --category, --tag, --price or --ladder"
+            "nothing to change: give --title, --category, --tag, --price, --ladder "
+            "or --payout-address"
         )
 
     def act() -> None:

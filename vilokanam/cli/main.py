@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from vilokanam.cli import output
+from vilokanam.cli.billing import billing_app, viewer_app
 from vilokanam.cli.channels import channel_app
 from vilokanam.cli.options import (
     ConfigOption,
@@ -35,6 +36,8 @@ db_app = typer.Typer(help="Database migrations.")
 app.add_typer(channel_app, name="channel")
 app.add_typer(stream_app, name="stream")
 app.add_typer(history_app, name="history")
+app.add_typer(viewer_app, name="viewer")
+app.add_typer(billing_app, name="billing")
 app.add_typer(db_app, name="db")
 
 

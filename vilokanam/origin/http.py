@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from vilokanam.config import Settings
+from vilokanam.origin.gate import BillingGate, Refused, sign_playlist
 from vilokanam.origin.metrics import METRICS, ServerMetrics, metrics_endpoint, metrics_middleware
 from vilokanam.origin.viewers import ViewerCounter, viewer_identity
 
@@ -24,6 +25,7 @@ CORS_ORIGIN = web.AppKey("cors_origin", str)
 MEDIA_ROOT = web.AppKey("media_root", Path)
 RESOLVE_MEDIA = web.AppKey("resolve_media", MediaResolver)
 VIEWERS = web.AppKey("viewers", ViewerCounter)
+GATE = web.AppKey("billing_gate", BillingGate)
 
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
@@ -83,22 +85,37 @@ async def serve_live(request: web.Request) -> web.StreamResponse:
     relpath = safe_relative(request.match_info["path"])
     if not _SLUG.fullmatch(slug) or relpath is None:
         raise web.HTTPNotFound(text="not found")
+    suffix = Path(relpath).suffix
+    gate = request.app.get(GATE)
+    admission = None
+    if gate is not None and suffix != ".jpg":  # posters stay public; playlists, media do not
+        try:
+            admission = await gate.admit(request, slug)
+        except Refused as refused:
+            return refused.response()
     resolve = request.app[RESOLVE_MEDIA]
     prefix = resolve(slug)
     if prefix is None:
         raise web.HTTPNotFound(text=f"channel {slug!r} is not streaming")
     root = request.app[MEDIA_ROOT]
     file = root / prefix / relpath
-    suffix = file.suffix
     if suffix not in CONTENT_TYPES or not file.is_file():
         raise web.HTTPNotFound(text="not found")
     headers = {"Cache-Control": cache_control(file.name), "Content-Type": CONTENT_TYPES[suffix]}
     viewers = request.app.get(VIEWERS)
     if viewers is not None and suffix != ".jpg":
-        viewers.note(slug, viewer_identity(request))
+        viewer = None if admission is None else admission.viewer_id
+        viewers.note(slug, viewer_identity(request, viewer))
     if suffix == ".m3u8":
         # Small and replaced atomically: read whole so a rename mid-send cannot mix versions.
-        return web.Response(body=file.read_bytes(), headers=headers)
+        body = file.read_bytes()
+        if admission is not None and gate is not None:
+            body = sign_playlist(body.decode(), admission.token).encode()
+            if relpath.endswith("/index.m3u8"):  # a media playlist: the player is polling
+                gate.note_playlist(admission, prefix)
+        return web.Response(body=body, headers=headers)
+    if admission is not None and gate is not None:
+        return gate.serve_segment(request, file, headers, admission)
     return web.FileResponse(file, headers=headers)
 
 
@@ -134,8 +151,10 @@ def create_app(
     *,
     metrics: ServerMetrics | None = None,
     viewers: ViewerCounter | None = None,
+    gate: BillingGate | None = None,
 ) -> web.Application:
-    """The origin app; ``metrics`` adds request metrics and ``/metrics``, ``viewers`` counting."""
+    """The origin app; ``metrics`` adds request metrics and ``/metrics``, ``viewers`` counting,
+    ``gate`` playback tokens and billing for priced channels."""
     middlewares = [cors_middleware]
     if metrics is not None:
         middlewares.insert(0, metrics_middleware(metrics))  # outermost: sees the final status
@@ -145,6 +164,8 @@ def create_app(
     app[RESOLVE_MEDIA] = resolve_media
     if viewers is not None:
         app[VIEWERS] = viewers
+    if gate is not None:
+        app[GATE] = gate
     app.router.add_get("/healthz", healthz)
     if metrics is not None:
         app[METRICS] = metrics

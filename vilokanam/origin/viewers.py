@@ -20,11 +20,14 @@ if TYPE_CHECKING:
     from vilokanam.ingest.streams import LiveStream
 
 
-def viewer_identity(request: web.Request) -> bytes:
-    """The one place that says who a viewer is: a hash of the peer address and User-Agent.
+def viewer_identity(request: web.Request, viewer_id: int | None = None) -> bytes:
+    """The one place that says who a viewer is: the playback token's viewer when the request
+    carries one, else a hash of the peer address and User-Agent.
 
-    Clients behind one NAT with the same browser count once; playback tokens will replace this.
+    Without a token, clients behind one NAT with the same browser count once.
     """
+    if viewer_id is not None:
+        return b"v" + viewer_id.to_bytes(8, "big")
     agent = request.headers.get("User-Agent", "")
     key = f"{request.remote or ''}\x00{agent}".encode("utf-8", "surrogateescape")
     return hashlib.blake2b(key, digest_size=8).digest()

@@ -1,4 +1,4 @@
-"""The SQL store: channels, hashed stream keys, stream sessions; schema kept by migrations."""
+"""The SQL store: channels, hashed keys, stream sessions, viewers; schema kept by migrations."""
 
 from vilokanam.store.errors import (
     ChannelExists,
@@ -6,9 +6,11 @@ from vilokanam.store.errors import (
     InvalidField,
     SessionNotFound,
     StoreError,
+    ViewerExists,
+    ViewerNotFound,
 )
 from vilokanam.store.keys import SLUG_RULE, new_stream_key, valid_slug
-from vilokanam.store.models import Channel, SessionState, StreamSession
+from vilokanam.store.models import Channel, SessionState, StreamSession, Viewer
 from vilokanam.store.store import UNSET, Store
 
 __all__ = [
@@ -23,6 +25,9 @@ __all__ = [
     "Store",
     "StoreError",
     "StreamSession",
+    "Viewer",
+    "ViewerExists",
+    "ViewerNotFound",
     "new_stream_key",
     "valid_slug",
 ]

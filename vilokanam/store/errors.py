@@ -19,6 +19,14 @@ class SessionNotFound(StoreError):
     """No stream session with this id."""
 
 
+class ViewerExists(StoreError):
+    """A viewer with this name (or deposit address) already exists."""
+
+
+class ViewerNotFound(StoreError):
+    """No viewer with this name (or id)."""
+
+
 class InvalidField(StoreError):
     """A field's value breaks its rule; ``field`` names it and the message says the rule."""
 

@@ -168,7 +168,9 @@ class WatchState(SQLModel, table=True):
     session_id: int = Field(primary_key=True)
     first_fetch_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # type: ignore[arg-type]
     content_ms: int = Field(default=0, sa_type=BigInteger)  # type: ignore[arg-type]
-    """Milliseconds of content credited (billable part, after the free preview)."""
+    """Milliseconds of content credited, the free preview included (billing starts after it)."""
+    pending_ms: int = Field(default=0, sa_type=BigInteger)  # type: ignore[arg-type]
+    """Milliseconds fetched ahead of the wall-clock cap, credited as the viewer keeps watching."""
     ticks: int = 0
     """Whole seconds posted to the ledger so far."""
     sequences: list[list[int]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

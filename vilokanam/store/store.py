@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -20,10 +21,12 @@ from vilokanam.store.errors import (
     InvalidField,
     SessionNotFound,
     StoreError,
+    ViewerExists,
+    ViewerNotFound,
 )
-from vilokanam.store.keys import hash_stream_key, key_matches, new_stream_key
+from vilokanam.store.keys import SLUG_RULE, hash_stream_key, key_matches, new_stream_key, valid_slug
 from vilokanam.store.migrate import upgrade
-from vilokanam.store.models import Channel, SessionState, StreamSession, utcnow
+from vilokanam.store.models import Channel, SessionState, StreamSession, Viewer, utcnow
 
 __all__ = [
     "UNSET",
@@ -33,10 +36,13 @@ __all__ = [
     "SessionNotFound",
     "Store",
     "StoreError",
+    "ViewerExists",
+    "ViewerNotFound",
     "make_engine",
 ]
 
 MAX_PAGE = 1000
+MAX_ADDRESS = 64
 
 
 class _Unset(Enum):
@@ -52,7 +58,7 @@ def _not_found(slug: str) -> ChannelNotFound:
 
 
 class Store:
-    """Channels, stream keys and stream sessions. Brings the schema up to date on start."""
+    """Channels, stream keys, stream sessions and viewers. Brings the schema up to date on start."""
 
     def __init__(self, url: str) -> None:
         self.applied_migrations = upgrade(url)
@@ -123,8 +129,10 @@ class Store:
         tags: Iterable[str] | None = None,
         price_per_second: int | None = None,
         ladder: Iterable[Mapping[str, Any]] | _Unset | None = UNSET,
+        payout_address: str | _Unset | None = UNSET,
     ) -> Channel:
-        """Change only the fields given (``ladder=None`` clears the override); bumps updated_at."""
+        """Change only the fields given (``ladder=None`` clears the override, and
+        ``payout_address=None`` the payout address); bumps updated_at."""
         changes: dict[str, Any] = {}
         if title is not None:
             changes["title"] = check.text("title", title, check.MAX_TITLE) or slug
@@ -136,6 +144,8 @@ class Store:
             changes["price_per_second"] = check.price(price_per_second)
         if ladder is not UNSET:
             changes["ladder"] = check.ladder(ladder)
+        if payout_address is not UNSET:
+            changes["payout_address"] = _address(payout_address, "payout_address")
         with self.session() as db:
             channel = self._channel(db, slug)
             for name, value in changes.items():
@@ -300,3 +310,74 @@ class Store:
                 db.add(stream)
             db.commit()
         return len(open_sessions)
+
+    # -- viewers ----------------------------------------------------------------
+    def create_viewer(self, name: str, address: str | None = None) -> tuple[Viewer, str]:
+        """Create a viewer; returns it with its API key (``vk_…``, the only time it is shown)."""
+        if not isinstance(name, str) or not valid_slug(name):
+            raise InvalidField("name", f"invalid viewer name {name!r}: {SLUG_RULE}")
+        key = "vk_" + secrets.token_urlsafe(24)
+        viewer = Viewer(name=name, address=_address(address), key_hash=hash_stream_key(key))
+        with self.session() as db:
+            db.add(viewer)
+            try:
+                db.commit()
+            except IntegrityError as exc:
+                db.rollback()
+                taken = f"name {name!r}" if self._viewer_named(db, name) else f"address {address!r}"
+                raise ViewerExists(f"a viewer with {taken} already exists") from exc
+            db.refresh(viewer)
+        return viewer, key
+
+    def get_viewer(self, name: str) -> Viewer:
+        with self.session() as db:
+            viewer = self._viewer_named(db, name)
+        if viewer is None:
+            raise ViewerNotFound(f"no viewer {name!r}")
+        return viewer
+
+    def get_viewer_by_id(self, viewer_id: int) -> Viewer:
+        with self.session() as db:
+            viewer = db.get(Viewer, viewer_id)
+        if viewer is None:
+            raise ViewerNotFound(f"no viewer with id {viewer_id}")
+        return viewer
+
+    def list_viewers(self) -> list[Viewer]:
+        with self.session() as db:
+            return list(db.exec(select(Viewer).order_by(Viewer.name)))
+
+    def viewer_for_key(self, key: str) -> Viewer | None:
+        """The viewer whose API key this is, or None (hash looked up, compared in constant time)."""
+        if not key or not isinstance(key, str):
+            return None
+        with self.session() as db:
+            viewer = db.exec(select(Viewer).where(Viewer.key_hash == hash_stream_key(key))).first()
+        return viewer if viewer is not None and key_matches(key, viewer.key_hash) else None
+
+    def viewer_for_address(self, address: str) -> Viewer | None:
+        """The viewer who deposits from this chain address, or None."""
+        if not address:
+            return None
+        with self.session() as db:
+            return db.exec(select(Viewer).where(Viewer.address == address)).first()
+
+    @staticmethod
+    def _viewer_named(db: Session, name: str) -> Viewer | None:
+        return db.exec(select(Viewer).where(Viewer.name == name)).first()
+
+
+_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+
+
+def _address(value: Any, field: str = "address") -> str | None:
+    """A chain address: None, or 1-64 base58 characters (the ss58 checksum is checked by the
+    chain client when it is used)."""
+    if value is None:
+        return None
+    text = value.strip() if isinstance(value, str) else ""
+    if not text or len(text) > MAX_ADDRESS or not set(text) <= _BASE58:
+        raise InvalidField(
+            field, f"invalid {field} {value!r}: an ss58 address (1-{MAX_ADDRESS} base58 characters)"
+        )
+    return text

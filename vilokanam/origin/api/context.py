@@ -1,4 +1,5 @@
-"""What the API handlers share: store, settings, stream manager, public URLs, the token."""
+"""What the API handlers share: store, settings, stream manager, public URLs, the token, and
+billing (the live counters, the playback-token secret, the settler when one runs)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from vilokanam.config import Settings
 from vilokanam.config.urls import Urls
-from vilokanam.origin.api.service import ChannelService
+from vilokanam.origin.api.errors import ApiError
+from vilokanam.origin.api.service import BillingOps, ChannelService
 from vilokanam.store import Store
 
 if TYPE_CHECKING:
+    from vilokanam.billing.service import BillingService
     from vilokanam.ingest.streams import StreamManager
 
 T = TypeVar("T")
@@ -28,6 +31,14 @@ class ApiContext:
     """The server's public URLs (known only once its sockets are bound)."""
     token: str
     started: float = field(default_factory=time.monotonic)
+    billing: BillingService | None = None
+    """The running billing service (live per-viewer counters); None: billing is off."""
+    token_secret: bytes = b""
+    """The playback-token key."""
+    settler: Any = None
+    """The settlement backend (``await settler.settle_now()``), when one runs."""
+    channel_changed: Callable[[str], None] | None = None
+    """Told a slug whose channel changed (the billing gate's price cache)."""
 
     def live_slugs(self) -> set[str]:
         return {stream.channel.slug for stream in self.manager.live_streams()}
@@ -36,6 +47,14 @@ class ApiContext:
         """A service for one request; the live set is taken now, on the event loop."""
         live = self.live_slugs()
         return ChannelService(self.store, self.settings, self.urls(), lambda: live)
+
+    def billing_ops(self) -> BillingOps:
+        return BillingOps(self.store, self.settings, self.urls(), lambda: self.token_secret)
+
+    def require_billing(self) -> BillingService:
+        if self.billing is None:
+            raise ApiError(503, "billing_unavailable", "billing is not running on this server")
+        return self.billing
 
     async def blocking(self, function: Callable[..., T], *args: Any) -> T:
         """Run a store call off the event loop."""

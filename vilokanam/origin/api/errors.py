@@ -14,6 +14,7 @@ from vilokanam.store import (
     SessionNotFound,
     StoreError,
 )
+from vilokanam.store.errors import ViewerExists, ViewerNotFound
 
 
 class ApiError(Exception):
@@ -56,9 +57,9 @@ def from_exception(exc: Exception) -> ApiError | None:
         return exc
     if isinstance(exc, ValidationError):
         return validation_error(field_errors(exc))
-    if isinstance(exc, ChannelNotFound | SessionNotFound):
+    if isinstance(exc, ChannelNotFound | SessionNotFound | ViewerNotFound):
         return ApiError(404, "not_found", str(exc))
-    if isinstance(exc, ChannelExists):
+    if isinstance(exc, ChannelExists | ViewerExists):
         return ApiError(409, "conflict", str(exc))
     if isinstance(exc, InvalidField):
         return validation_error([{"field": exc.field or "body", "message": str(exc)}])

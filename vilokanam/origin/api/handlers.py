@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,14 +16,19 @@ from vilokanam.origin.api.errors import ApiError, validation_error
 from vilokanam.origin.api.schemas import (
     ChannelCreate,
     ChannelUpdate,
+    DepositIn,
+    EarningsQuery,
     HistoryQuery,
     KickOut,
+    LedgerQuery,
     LiveStreamOut,
     RenditionOut,
     RotateQuery,
     SessionOut,
     StatusOut,
 )
+from vilokanam.origin.api.service import balance_out
+from vilokanam.store.models import Viewer
 
 if TYPE_CHECKING:
     from vilokanam.ingest.streams import LiveStream
@@ -46,6 +52,19 @@ class Call:
     @property
     def slug(self) -> str:
         return self.request.match_info["slug"]
+
+    @property
+    def name(self) -> str:
+        return self.request.match_info["name"]
+
+    @property
+    def viewer(self) -> Viewer:
+        """The viewer whose key authenticated a viewer route."""
+        return self.request[VIEWER_KEY]
+
+
+VIEWER_KEY = web.RequestKey("viewer", Viewer)
+"""The viewer a viewer route's key belongs to (set by the auth middleware)."""
 
 
 def version() -> str:
@@ -92,7 +111,10 @@ async def get_channel(ctx: ApiContext, call: Call) -> BaseModel:
 
 async def update_channel(ctx: ApiContext, call: Call) -> BaseModel:
     body: ChannelUpdate = call.body
-    return await ctx.blocking(ctx.service().update, call.slug, body)
+    updated = await ctx.blocking(ctx.service().update, call.slug, body)
+    if ctx.channel_changed is not None:
+        ctx.channel_changed(call.slug)  # a new price applies to the next request
+    return updated
 
 
 async def delete_channel(ctx: ApiContext, call: Call) -> BaseModel:
@@ -230,3 +252,82 @@ async def get_session(ctx: ApiContext, call: Call) -> BaseModel:
         raise validation_error([{"field": "id", "message": "must be a positive integer"}])
     session = await ctx.blocking(ctx.service().session, int(raw))
     return _with_live_figures(ctx, session)
+
+
+# -- billing: viewers (operator) -------------------------------------------------------------
+async def create_viewer(ctx: ApiContext, call: Call) -> BaseModel:
+    created = await ctx.blocking(ctx.billing_ops().create_viewer, call.body)
+    call.headers["Location"] = f"{call.request.path.rstrip('/')}/{created.name}"
+    return created
+
+
+async def list_viewers(ctx: ApiContext, call: Call) -> list[BaseModel]:
+    return list(await ctx.blocking(ctx.billing_ops().list_viewers))
+
+
+async def get_viewer(ctx: ApiContext, call: Call) -> BaseModel:
+    return await ctx.blocking(ctx.billing_ops().get_viewer, call.name)
+
+
+async def _balance(ctx: ApiContext, viewer: Viewer) -> BaseModel:
+    billing = ctx.require_billing()
+    assert viewer.id is not None
+    await billing.ensure_loaded(viewer.id)
+    return balance_out(billing.viewer_status(viewer.id), viewer)
+
+
+async def viewer_balance(ctx: ApiContext, call: Call) -> BaseModel:
+    viewer = await ctx.blocking(ctx.billing_ops().viewer, call.name)
+    return await _balance(ctx, viewer)
+
+
+async def deposit(ctx: ApiContext, call: Call) -> BaseModel:
+    """Credit the local ledger, then let the live counters see the new balance."""
+    body: DepositIn = call.body
+    ops = ctx.billing_ops()
+    result = await ctx.blocking(ops.deposit, call.name, body)
+    if ctx.billing is not None:
+        viewer = await ctx.blocking(ops.viewer, call.name)
+        assert viewer.id is not None
+        ctx.billing.invalidate(viewer.id)
+        await ctx.billing.ensure_loaded(viewer.id)
+        balance = ctx.billing.viewer_status(viewer.id)["balance"]
+        result = result.model_copy(update={"balance": balance})
+    return result
+
+
+async def viewer_playback(ctx: ApiContext, call: Call) -> BaseModel:
+    """The operator issues a playback URL for a viewer (``vilokanam viewer token``)."""
+    ops = ctx.billing_ops()
+    viewer = await ctx.blocking(ops.viewer, call.name)
+    return await ctx.blocking(ops.playback, viewer, call.slug)
+
+
+# -- billing: channels, ledger, settlement (operator) ----------------------------------------
+async def earnings(ctx: ApiContext, call: Call) -> BaseModel:
+    query: EarningsQuery = call.query
+    return await ctx.blocking(ctx.billing_ops().earnings, call.slug, query.since)
+
+
+async def ledger(ctx: ApiContext, call: Call) -> list[BaseModel]:
+    query: LedgerQuery = call.query
+    return list(await ctx.blocking(ctx.billing_ops().entries, query))
+
+
+async def settle(ctx: ApiContext, call: Call) -> Any:
+    """Force a settlement batch now; 503 when no settler runs."""
+    if ctx.settler is None:
+        raise ApiError(503, "settlement_unavailable", "no settlement backend runs on this server")
+    if ctx.billing is not None:
+        await ctx.billing.flush()  # what was watched so far goes into this batch
+    summary = await ctx.settler.settle_now()
+    return json.loads(json.dumps(summary, default=str))
+
+
+# -- billing: the viewer's own routes (viewer key) -------------------------------------------
+async def my_playback(ctx: ApiContext, call: Call) -> BaseModel:
+    return await ctx.blocking(ctx.billing_ops().playback, call.viewer, call.slug)
+
+
+async def me(ctx: ApiContext, call: Call) -> BaseModel:
+    return await _balance(ctx, call.viewer)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from vilokanam.billing.tokens import load_or_create_secret
 from vilokanam.config import Settings
 from vilokanam.config.urls import Urls
 from vilokanam.origin.api.context import ApiContext
@@ -16,6 +17,7 @@ from vilokanam.origin.api.routes import CONTEXT, DOCUMENT, PREFIX, api_middlewar
 from vilokanam.store import Store
 
 if TYPE_CHECKING:
+    from vilokanam.billing.service import BillingService
     from vilokanam.ingest.streams import StreamManager
 
 
@@ -27,10 +29,27 @@ def setup_api(
     manager: StreamManager,
     urls_provider: Callable[[], Urls],
     token: str,
+    billing: BillingService | None = None,
+    token_secret: bytes | None = None,
+    settler: Any = None,
+    channel_changed: Callable[[str], None] | None = None,
 ) -> web.Application:
-    """Add ``/api/v1`` to ``app``; returns the sub-application."""
+    """Add ``/api/v1`` to ``app``; returns the sub-application. Without ``token_secret`` the
+    playback-token key is ``billing.token_secret`` or the ``{data_dir}/billing-secret`` file."""
+    if token_secret is None:
+        token_secret = load_or_create_secret(settings)
     api = web.Application(middlewares=[api_middleware])
-    api[CONTEXT] = ApiContext(store, settings, manager, urls_provider, token)
+    api[CONTEXT] = ApiContext(
+        store,
+        settings,
+        manager,
+        urls_provider,
+        token,
+        billing=billing,
+        token_secret=token_secret,
+        settler=settler,
+        channel_changed=channel_changed,
+    )
     api[DOCUMENT] = build_document(version())
     register(api)
     app.add_subapp(PREFIX, api)

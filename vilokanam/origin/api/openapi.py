@@ -16,10 +16,11 @@ _PARAM = re.compile(r"{(\w+)}")
 _ERROR_TEXT = {
     400: "Malformed JSON body",
     401: "Missing or wrong bearer token",
-    404: "Unknown channel, session or route (or not_live)",
-    409: "A channel with this slug exists",
+    404: "Unknown channel, session, viewer or route (or not_live)",
+    409: "A channel or viewer with this name exists",
     422: "Invalid field; detail lists {field, message}",
     500: "Unexpected error",
+    503: "Not available on this server (billing or settlement off)",
 }
 
 
@@ -71,6 +72,8 @@ def _operation(route: Route, components: _Components) -> dict[str, Any]:
     }
     if not route.auth:
         operation["security"] = []
+    elif route.viewer:
+        operation["security"] = [{"viewerKey": []}]
     params = _parameters(route, components)
     if params:
         operation["parameters"] = params
@@ -107,13 +110,20 @@ def build_document(version: str) -> dict[str, Any]:
         "info": {
             "title": "Vilokanam operator API",
             "version": version,
-            "description": "Channels, live streams, stream history and server status. "
+            "description": "Channels, live streams, stream history, server status and billing. "
             'Errors are {"error": code, "detail": ...}.',
         },
         "paths": paths,
         "components": {
             "schemas": dict(sorted(components.schemas.items())),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Operator token"},
+                "viewerKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A viewer's key (vk_…), only on the viewer routes",
+                },
+            },
         },
         "security": [{"bearer": []}],
     }

@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from vilokanam.origin.api import handlers as h
-from vilokanam.origin.api.auth import require_token
+from vilokanam.origin.api.auth import require_token, require_viewer
 from vilokanam.origin.api.context import ApiContext
 from vilokanam.origin.api.errors import (
     ApiError,
@@ -26,17 +26,29 @@ from vilokanam.origin.api.errors import (
     validation_error,
 )
 from vilokanam.origin.api.schemas import (
+    BalanceOut,
     ChannelCreate,
     ChannelCreated,
     ChannelOut,
     ChannelUpdate,
+    DepositIn,
+    DepositOut,
+    EarningsOut,
+    EarningsQuery,
     HistoryQuery,
     KickOut,
+    LedgerEntryOut,
+    LedgerQuery,
     LiveStreamOut,
+    MeOut,
+    PlaybackOut,
     RotateQuery,
     SessionOut,
     StatusOut,
     StreamKeyOut,
+    ViewerCreate,
+    ViewerCreated,
+    ViewerOut,
 )
 
 log = logging.getLogger(__name__)
@@ -67,6 +79,8 @@ class Route:
     errors: tuple[int, ...] = ()
     """Error statuses besides 401 (auth), 422/400 (input) and 500, which are implied."""
     auth: bool = True
+    viewer: bool = False
+    """Authenticated by a viewer's key (``vk_…``) instead of the operator token."""
     path_types: tuple[tuple[str, str], ...] = ()
     """JSON types of path parameters other than strings: ``(("id", "integer"),)``."""
 
@@ -107,7 +121,8 @@ ROUTES: tuple[Route, ...] = (
         "PATCH",
         "/channels/{slug}",
         h.update_channel,
-        "Change a channel's title, category, tags, price or ladder (only the fields sent)",
+        "Change a channel's title, category, tags, price, ladder or payout address "
+        "(only the fields sent)",
         "channels",
         ChannelOut,
         request=ChannelUpdate,
@@ -189,6 +204,100 @@ ROUTES: tuple[Route, ...] = (
         errors=(404,),
         path_types=(("id", "integer"),),
     ),
+    # -- billing (operator) --
+    Route(
+        "POST",
+        "/viewers",
+        h.create_viewer,
+        "Create a viewer; the response carries its viewer key, shown only this once",
+        "billing",
+        ViewerCreated,
+        request=ViewerCreate,
+        status=201,
+        errors=(409,),
+    ),
+    Route("GET", "/viewers", h.list_viewers, "List viewers", "billing", ViewerOut, many=True),
+    Route(
+        "GET", "/viewers/{name}", h.get_viewer, "Get a viewer", "billing", ViewerOut, errors=(404,)
+    ),
+    Route(
+        "GET",
+        "/viewers/{name}/balance",
+        h.viewer_balance,
+        "A viewer's balance and live counter: seconds watched, amount spent, pending spend",
+        "billing",
+        BalanceOut,
+        errors=(404, 503),
+    ),
+    Route(
+        "POST",
+        "/viewers/{name}/deposit",
+        h.deposit,
+        "Credit a viewer on the local ledger (idempotent by reference)",
+        "billing",
+        DepositOut,
+        request=DepositIn,
+        errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/viewers/{name}/playback/{slug}",
+        h.viewer_playback,
+        "Issue a signed playback URL of a channel for a viewer",
+        "billing",
+        PlaybackOut,
+        errors=(404,),
+    ),
+    Route(
+        "GET",
+        "/channels/{slug}/earnings",
+        h.earnings,
+        "A channel's earnings: seconds watched, gross, fees, net, settled and unsettled",
+        "billing",
+        EarningsOut,
+        query=EarningsQuery,
+        errors=(404,),
+    ),
+    Route(
+        "GET",
+        "/ledger",
+        h.ledger,
+        "Ledger entries with their postings, newest first",
+        "billing",
+        LedgerEntryOut,
+        many=True,
+        query=LedgerQuery,
+        errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/billing/settle",
+        h.settle,
+        "Settle the unsettled ticks now; answers the batch summary",
+        "billing",
+        errors=(503,),
+    ),
+    # -- billing (the viewer's key) --
+    Route(
+        "POST",
+        "/channels/{slug}/playback",
+        h.my_playback,
+        "A signed, expiring master playlist URL for the calling viewer",
+        "viewer",
+        PlaybackOut,
+        errors=(404,),
+        viewer=True,
+    ),
+    Route(
+        "GET",
+        "/me",
+        h.me,
+        "The calling viewer's live counter: seconds watched, amount spent, balance",
+        "viewer",
+        MeOut,
+        errors=(503,),
+        viewer=True,
+    ),
     Route("GET", "/openapi.json", _openapi, "This OpenAPI document", "server", auth=False),
 )
 
@@ -239,11 +348,15 @@ def _view(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
 async def api_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Bearer auth (except public routes) and JSON errors for everything under /api/v1."""
+    """Bearer auth (the operator token; a viewer key on viewer routes; nothing on public ones)
+    and JSON errors for everything under /api/v1."""
     try:
         route = request.match_info.route
-        public = getattr(route.handler, "public", False) and not request.match_info.http_exception
-        if not public:
+        matched = not request.match_info.http_exception
+        if matched and getattr(route.handler, "viewer_auth", False):
+            ctx = request.app[CONTEXT]
+            request[h.VIEWER_KEY] = await require_viewer(request, ctx.store.viewer_for_key)
+        elif not (matched and getattr(route.handler, "public", False)):
             require_token(request, request.app[CONTEXT].token)
         return await handler(request)
     except web.HTTPException as exc:
@@ -270,4 +383,5 @@ def register(api: web.Application) -> None:
     for route in ROUTES:
         view = _view(route)
         view.public = not route.auth  # type: ignore[attr-defined]
+        view.viewer_auth = route.viewer  # type: ignore[attr-defined]
         api.router.add_route(route.method, route.path, view)

@@ -21,6 +21,10 @@ Tag = Annotated[str, Field(min_length=1, max_length=32)]
 Tags = Annotated[list[Tag], Field(max_length=20)]
 Price = Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]
 """Integer planck per second watched; strict: ``1.5``, ``"3"`` and ``true`` are refused."""
+SS58_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{32,64}$"
+Address = Annotated[
+    str, Field(pattern=SS58_PATTERN, description="Chain address (ss58, base58 characters)")
+]
 
 
 class _Request(BaseModel):
@@ -92,6 +96,9 @@ class ChannelUpdate(_Request):
     tags: Tags | None = None
     price_per_second: Price | None = None
     ladder: list[RungIn] | None = None
+    payout_address: Address | None = Field(
+        default=None, description="Where settlement pays the creator (null: keep in the ledger)"
+    )
 
     @field_validator(*_NOT_NULL, mode="before")
     @classmethod
@@ -124,6 +131,9 @@ class ChannelOut(BaseModel):
     tags: list[str]
     price_per_second: int
     ladder: list[RungOut] | None
+    payout_address: str | None = Field(
+        default=None, description="The creator's chain address that settlement pays"
+    )
     key_active: bool = Field(description="False once the key was revoked (rotate to re-enable)")
     key_rotated_at: datetime
     created_at: datetime
@@ -231,3 +241,114 @@ class RotateQuery(BaseModel):
     """Query parameters of ``POST /channels/{slug}/rotate-key``."""
 
     kick: bool = Field(default=False, description="Also disconnect the current publisher")
+
+
+# -- billing ---------------------------------------------------------------------------------
+Amount = Annotated[int, Field(gt=0, le=2**63 - 1, strict=True)]
+"""A positive whole number of planck; strict: ``1.5``, ``"3"`` and ``true`` are refused."""
+
+
+class ViewerCreate(_Request):
+    name: str = Field(json_schema_extra=_SLUG_SCHEMA, description=SLUG_RULE)
+    address: Address | None = Field(
+        default=None, description="The address the viewer deposits from (credited on chain)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_rule(cls, value: str) -> str:
+        return _check_slug(value)
+
+
+class ViewerOut(BaseModel):
+    id: int
+    name: str
+    address: str | None
+    created_at: datetime
+
+
+class ViewerCreated(ViewerOut):
+    viewer_key: str = Field(description="The viewer's API key (vk_…), shown only in this response")
+
+
+class BalanceOut(BaseModel):
+    viewer_id: int
+    viewer: str | None = None
+    balance: int = Field(description="Planck available, after what was watched and not flushed")
+    pending_spend: int = Field(description="Planck watched but not yet posted to the ledger")
+    seconds_watched: int
+    spent: int = Field(description="Planck paid for watching, in total")
+    sessions: list[dict[str, Any]]
+
+
+class DepositIn(_Request):
+    amount: Amount
+    reference: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=120,
+        description="Idempotency key: a second deposit with the same reference is not credited",
+    )
+
+
+class DepositOut(BaseModel):
+    viewer: str
+    amount: int
+    credited: bool = Field(description="False when this reference was already deposited")
+    balance: int
+
+
+class PlaybackOut(BaseModel):
+    url: str = Field(description="Signed master playlist URL: works in any HLS player")
+    token: str
+    expires_at: datetime
+
+
+class EarningsQuery(BaseModel):
+    """Query parameters of ``GET /channels/{slug}/earnings``."""
+
+    since: datetime | None = Field(default=None, description="Only ticks posted from then (ISO)")
+
+
+class EarningsOut(BaseModel):
+    channel: str
+    channel_id: int
+    since: datetime | None
+    seconds: int
+    gross: int = Field(description="Planck viewers paid")
+    fees: int = Field(description="The platform's fee out of gross")
+    net: int = Field(description="gross - fees: the creator's earnings")
+    settled: int
+    unsettled: int
+
+
+class LedgerQuery(BaseModel):
+    """Query parameters of ``GET /ledger``."""
+
+    stream: int | None = Field(default=None, ge=1, le=2**63 - 1, description="Stream session id")
+    viewer: str | None = Field(default=None, description="Viewer name")
+    channel: str | None = Field(default=None, description="Channel slug")
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class PostingOut(BaseModel):
+    account: str
+    amount: int
+
+
+class LedgerEntryOut(BaseModel):
+    id: int
+    key: str
+    kind: Literal["deposit", "watch", "payout"]
+    viewer_id: int | None
+    channel_id: int | None
+    session_id: int | None
+    seconds: int
+    amount: int
+    batch_id: str | None
+    created_at: datetime
+    postings: list[PostingOut]
+
+
+class MeOut(BalanceOut):
+    """The viewer's own live counter."""

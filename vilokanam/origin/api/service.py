@@ -7,25 +7,50 @@ propagate for the caller to map or print.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import time
+import uuid
 from collections.abc import Callable
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from vilokanam.config import Settings
 from vilokanam.config.urls import Urls
 from vilokanam.hooks.outbox import enqueue_event
 from vilokanam.origin.api.schemas import (
+    BalanceOut,
     ChannelCreate,
     ChannelCreated,
     ChannelOut,
     ChannelUpdate,
+    DepositIn,
+    DepositOut,
+    EarningsOut,
+    LedgerEntryOut,
+    LedgerQuery,
+    PlaybackOut,
+    PostingOut,
     RungIn,
     RungOut,
     SessionOut,
     StreamKeyOut,
+    ViewerCreate,
+    ViewerCreated,
+    ViewerOut,
 )
 from vilokanam.store import Channel, Store, StreamSession
-from vilokanam.store.models import SessionState, utcnow
+from vilokanam.store.models import (
+    EntryKind,
+    LedgerEntry,
+    Posting,
+    SessionState,
+    Viewer,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from vilokanam.billing.ledger import Ledger
 
 
 def _no_live_slugs() -> set[str]:
@@ -135,6 +160,7 @@ class ChannelService:
             tags=list(channel.tags),
             price_per_second=channel.price_per_second,
             ladder=None if channel.ladder is None else [RungOut(**r) for r in channel.ladder],
+            payout_address=channel.payout_address,
             key_active=channel.stream_key_hash is not None,
             key_rotated_at=channel.key_rotated_at,
             created_at=channel.created_at,
@@ -169,3 +195,142 @@ def session_out(session: StreamSession, channel: Channel) -> SessionOut:
         end_reason=session.end_reason,
         recording_location=session.recording_location,
     )
+
+
+# -- billing -----------------------------------------------------------------------------------
+class BillingOps:
+    """Viewers, deposits, playback tokens, earnings and the ledger, shaped as API bodies.
+
+    Store- and ledger-only like :class:`ChannelService` (the API calls it in a thread, the CLI
+    directly); the live counters of the running billing service are the API handlers' part.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        urls: Urls,
+        secret: Callable[[], bytes],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.urls = urls
+        self.secret = secret
+        """The playback-token key, asked for only when a token is issued."""
+        self.clock = clock
+
+    @property
+    def ledger(self) -> Ledger:
+        from vilokanam.billing.ledger import Ledger
+
+        return Ledger(self.store)
+
+    # -- viewers ----------------------------------------------------------------
+    def create_viewer(self, body: ViewerCreate) -> ViewerCreated:
+        """Create a viewer; the response carries its key (``vk_…``), the only time it is shown."""
+        viewer, key = self.store.create_viewer(body.name, body.address)
+        return ViewerCreated(**viewer_out(viewer).model_dump(), viewer_key=key)
+
+    def list_viewers(self) -> builtins.list[ViewerOut]:
+        return [viewer_out(viewer) for viewer in self.store.list_viewers()]
+
+    def viewer(self, name: str) -> Viewer:
+        return self.store.get_viewer(name)
+
+    def get_viewer(self, name: str) -> ViewerOut:
+        return viewer_out(self.viewer(name))
+
+    def deposit(self, name: str, body: DepositIn) -> DepositOut:
+        """Credit the local ledger; a repeated ``reference`` is not credited twice."""
+        viewer = self.viewer(name)
+        assert viewer.id is not None
+        reference = body.reference or f"once-{uuid.uuid4().hex}"
+        key = f"deposit:{viewer.id}:{reference}"
+        credited = self.ledger.deposit(viewer.id, body.amount, key)
+        balance = self.ledger.viewer_balance(viewer.id)
+        return DepositOut(
+            viewer=viewer.name, amount=body.amount, credited=credited, balance=balance
+        )
+
+    def playback(self, viewer: Viewer, slug: str) -> PlaybackOut:
+        """A signed master playlist URL letting ``viewer`` watch ``slug`` for ``token_ttl``."""
+        from vilokanam.billing.tokens import issue
+
+        assert viewer.id is not None
+        channel = self.store.get_channel(slug)  # unknown: ChannelNotFound (404)
+        expires = int(self.clock()) + self.settings.billing.token_ttl
+        token = issue(self.secret(), viewer.id, channel.slug, expires)
+        return PlaybackOut(
+            url=f"{self.urls.playback(channel.slug)}?token={token}",
+            token=token,
+            expires_at=datetime.fromtimestamp(expires, UTC),
+        )
+
+    # -- channels and the ledger ----------------------------------------------
+    def earnings(self, slug: str, since: datetime | None = None) -> EarningsOut:
+        channel = self.store.get_channel(slug)
+        assert channel.id is not None
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        totals = self.ledger.earnings(channel.id, since=since)
+        return EarningsOut(
+            channel=channel.slug,
+            channel_id=channel.id,
+            since=since,
+            **{name: int(totals.get(name, 0)) for name in _EARNINGS},
+        )
+
+    def entries(self, query: LedgerQuery) -> builtins.list[LedgerEntryOut]:
+        """Ledger entries with their postings, newest first, filtered by stream/viewer/channel."""
+        viewer_id = channel_id = None
+        if query.viewer is not None:
+            viewer_id = self.viewer(query.viewer).id
+        if query.channel is not None:
+            channel_id = self.store.get_channel(query.channel).id
+        rows = self.ledger.entries(
+            session_id=query.stream, viewer_id=viewer_id, channel_id=channel_id, limit=query.limit
+        )
+        return [entry_out(entry, postings) for entry, postings in rows]
+
+
+_EARNINGS = ("seconds", "gross", "fees", "net", "settled", "unsettled")
+
+
+def viewer_out(viewer: Viewer) -> ViewerOut:
+    assert viewer.id is not None
+    return ViewerOut(
+        id=viewer.id, name=viewer.name, address=viewer.address, created_at=viewer.created_at
+    )
+
+
+def entry_out(entry: LedgerEntry, postings: builtins.list[Posting]) -> LedgerEntryOut:
+    assert entry.id is not None
+    return LedgerEntryOut(
+        id=entry.id,
+        key=entry.key,
+        kind=EntryKind(entry.kind).value,  # type: ignore[arg-type]
+        viewer_id=entry.viewer_id,
+        channel_id=entry.channel_id,
+        session_id=entry.session_id,
+        seconds=entry.seconds,
+        amount=entry.amount,
+        batch_id=entry.batch_id,
+        created_at=entry.created_at,
+        postings=[PostingOut(account=p.account, amount=p.amount) for p in postings],
+    )
+
+
+def balance_out(status: dict[str, Any], viewer: Viewer) -> BalanceOut:
+    """The billing service's ``viewer_status`` as the API shows it."""
+    return BalanceOut.model_validate({**status, "viewer_id": viewer.id, "viewer": viewer.name})
+
+
+def offline_viewer_status(store: Store, settings: Settings, viewer: Viewer) -> BalanceOut:
+    """A viewer's figures from the database alone (the CLI with no server running)."""
+    from vilokanam.billing.service import BillingService
+
+    assert viewer.id is not None
+    service = BillingService(store, settings)
+    asyncio.run(service.ensure_loaded(viewer.id))
+    return balance_out(service.viewer_status(viewer.id), viewer)
