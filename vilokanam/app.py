@@ -61,7 +61,9 @@ class VilokanamServer:
         if settings.billing.settlement == "substrate":  # substrate-interface loads only here
             from vilokanam.billing.settlement.watcher import DepositWatcher
 
-            self.deposit_watcher = DepositWatcher(settings, self.store)
+            self.deposit_watcher = DepositWatcher(  # a credit re-reads the viewer's balance
+                settings, self.store, on_credit=self.billing.invalidate
+            )
         self.gate: BillingGate | None = None
         self.metrics = ServerMetrics(self.manager, self.viewers)
         self.metrics.track_webhook_deliveries(
@@ -93,6 +95,7 @@ class VilokanamServer:
             ChannelCache(channel_lookup(self.store)),
             secret,
             SegmentDurations(self.manager),
+            media_prefix=self.manager.media_prefix,  # a playlist's session, for the preview
         )
         await self.rtmp.start()
         app = create_app(

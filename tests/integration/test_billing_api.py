@@ -158,7 +158,8 @@ def cli(*args: str, server: ServerThread | None = None) -> Any:
 
 
 def test_remote_cli_billing_commands(api: Api, server: ServerThread) -> None:
-    created = cli("viewer", "create", "remy", "--address", "5" + "H" * 47, server=server)
+    bob = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"  # //Bob: a valid ss58 address
+    created = cli("viewer", "create", "remy", "--address", bob, server=server)
     assert created["viewer_key"].startswith("vk_")
     assert "remy" in [v["name"] for v in cli("viewer", "list", server=server)]
     deposit = cli("billing", "deposit", "remy", "900", "--reference", "r-1", server=server)

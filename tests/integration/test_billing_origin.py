@@ -231,6 +231,36 @@ def test_abr_switches_and_retries_are_billed_once_per_sequence(live: Live) -> No
     assert me[0] == 200 and me[1]["seconds_watched"] == expected
 
 
+def test_the_free_preview_needs_no_balance(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """billing.free_preview=4 (set on the running server's tracker: one server per module), a
+    viewer with no balance: the first 4 s of the session's segments are served, then 402."""
+    billing = live.server.server.billing
+    monkeypatch.setattr(billing.tracker, "preview_ms", 4000)
+    live.api.ok("POST", "/viewers", {"name": "dave"}, 201)
+    dave = live.viewer_id("dave")
+    query = f"?token={issue(SECRET, dave, 'paid', 2**40)}"
+    assert http_get(f"{live.base}/master.m3u8{query}")[0] == 200
+    listed = _media(live, f"{live.base}/source/index.m3u8{query}")
+    sequences = sorted(listed)[-4:]
+    assert len(sequences) == 4, listed
+    expected, fetched_ms = 0, 0  # served while what was fetched is short of the preview
+    for sequence in sequences:
+        if fetched_ms >= 4000:
+            break
+        fetched_ms += round(listed[sequence][1] * 1000)
+        expected += 1
+    assert 2 <= expected <= 3  # ~2 s segments
+    statuses = [http_get(listed[sequence][0])[0] for sequence in sequences]
+    assert statuses == [200] * expected + [402] * (len(sequences) - expected), listed
+    for path in ("master.m3u8", "source/index.m3u8"):  # the preview is used up: all refused
+        got, payload = _status(f"{live.base}/{path}{query}")
+        assert got == 402 and "balance" in payload["detail"], path
+    live.server.call(billing.flush)
+    status = live.api.ok("GET", "/viewers/dave/balance")
+    assert status["balance"] == 0 and status["spent"] == 0
+    assert live.api.ok("GET", "/ledger?viewer=dave") == []
+
+
 def test_a_free_channel_needs_no_token(live: Live) -> None:
     live.api.ok("PATCH", "/channels/paid", {"price_per_second": 0})  # applies at once
     status, body, _ = http_get(f"{live.base}/master.m3u8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from tests.unit import test_ledger
 from vilokanam.billing.ledger import Ledger
-from vilokanam.billing.service import BillingService
+from vilokanam.billing.service import STALE_BALANCE, BillingService
 from vilokanam.config import Settings
 from vilokanam.store import Channel, Store
 from vilokanam.store.models import EntryKind, WatchState
@@ -191,3 +192,169 @@ async def test_allowance_and_clamp_when_funds_run_out(
     await service.flush()
     assert _watch_seconds(service.ledger, 1) == 8, "written-off ticks are not charged later"
     assert service.ledger.viewer_balance(1) == 65
+
+
+async def test_a_deposit_made_elsewhere_unlocks_a_refused_viewer(
+    sqlite_store: Store, clock: Clock, tmp_path: Path
+) -> None:
+    """The balance is cached; a refusal on a cached balance older than STALE_BALANCE marks it
+    stale, so the gate's next ensure_loaded reads a deposit another process wrote."""
+    channel, _ = _live(sqlite_store, price=10)
+    service = BillingService(sqlite_store, _settings(tmp_path), clock=clock)
+    await service.ensure_loaded(1)
+    assert service.allowance(1, channel) is not None, "no balance: refused"
+    Ledger(sqlite_store).deposit(1, 1_000, "chain:0xabc")  # another process (the watcher)
+    await service.ensure_loaded(1)
+    assert service.allowance(1, channel) is not None, "fresh cache: not read again yet"
+    clock.now += STALE_BALANCE + 0.1
+    assert service.allowance(1, channel) is not None, "this refusal marks the balance stale"
+    await service.ensure_loaded(1)  # the gate's next request
+    assert service.allowance(1, channel) is None
+    assert service.viewer_status(1)["balance"] == 1_000
+
+    service.ledger.deposit(2, 5, "dep:2")  # too little for 1 s: stays refused, read once per
+    await service.ensure_loaded(2)  # window, not on every request
+    reads = 0
+    real = service._read_viewer
+
+    def counting(viewer_id: int, with_watches: bool) -> Any:
+        nonlocal reads
+        reads += 1
+        return real(viewer_id, with_watches)
+
+    service._read_viewer = counting  # type: ignore[method-assign]
+    for _ in range(20):
+        await service.ensure_loaded(2)
+        assert service.allowance(2, channel) is not None
+    assert reads == 0
+    clock.now += STALE_BALANCE + 0.1
+    for _ in range(20):
+        await service.ensure_loaded(2)
+        assert service.allowance(2, channel) is not None
+    assert reads == 1
+
+
+async def test_invalidate_reads_the_balance_at_once(
+    sqlite_store: Store, clock: Clock, tmp_path: Path
+) -> None:
+    """What the deposit watcher's on_credit callback does (wired in the app)."""
+    channel, _ = _live(sqlite_store, price=10)
+    service = BillingService(sqlite_store, _settings(tmp_path), clock=clock)
+    await service.ensure_loaded(1)
+    assert service.allowance(1, channel) is not None
+    Ledger(sqlite_store).deposit(1, 1_000, "chain:0xdef")
+    service.invalidate(1)
+    await service.ensure_loaded(1)
+    assert service.allowance(1, channel) is None
+
+
+async def test_free_preview_needs_no_balance(
+    sqlite_store: Store, clock: Clock, tmp_path: Path
+) -> None:
+    """billing.free_preview=4 with 2 s segments: a viewer with no balance gets the first two
+    segments of each session (and its playlists) free, then 402; nothing is charged."""
+    channel, session = _live(sqlite_store, price=10)
+    service = BillingService(sqlite_store, _settings(tmp_path, free_preview=4), clock=clock)
+    await service.ensure_loaded(1)
+    assert service.allowance(1, channel, None) is None, "master, no stream known: in preview"
+    served = []
+    for sequence in range(5):  # fetched as fast as the player likes: the preview counts fetches
+        if service.allowance(1, channel, session) is not None:
+            break
+        service.note_fetch(1, channel, session, sequence, 2.0)
+        served.append(sequence)
+    assert served == [0, 1]
+    reason = service.allowance(1, channel, session)
+    assert reason is not None and reason.startswith("insufficient balance")
+    other = sqlite_store.start_session(channel.id or 0).id or 0  # a new session: a new preview
+    assert service.allowance(1, channel, other) is None
+    clock.now += 10
+    service.note_watching(1, channel, session)  # the capped content is credited
+    await service.flush()
+    assert service.ledger.viewer_balance(1) == 0 and _watch_seconds(service.ledger, 1) == 0
+    assert service.allowance(1, channel, session) is not None, "preview used up"
+
+    free = BillingService(sqlite_store, _settings(tmp_path), clock=clock)  # no preview
+    await free.ensure_loaded(2)
+    assert free.allowance(2, channel, session) is not None
+
+
+async def test_ticks_past_the_preview_are_charged_then_refused(
+    sqlite_store: Store, clock: Clock, tmp_path: Path
+) -> None:
+    channel, session = _live(sqlite_store, price=10)
+    service = BillingService(sqlite_store, _settings(tmp_path, free_preview=4), clock=clock)
+    service.ledger.deposit(1, 30, "dep:1")  # 3 s after the preview
+    await service.ensure_loaded(1)
+    sequence = 0
+    while service.allowance(1, channel, session) is None and sequence < 10:
+        clock.now = T0 + sequence * 2.0
+        service.note_fetch(1, channel, session, sequence, 2.0)
+        sequence += 1
+    assert sequence == 4, "2 free segments, then 2 paid (the second only partly)"
+    await service.flush()
+    assert _watch_seconds(service.ledger, 1) == 3 and service.ledger.viewer_balance(1) == 0
+    assert service.allowance(1, channel, session) is not None
+
+
+async def test_two_servers_flushing_at_once_never_double_charge(
+    postgres_db_url: str, clock: Clock, tmp_path: Path
+) -> None:
+    """Two BillingServices on one PostgreSQL database with overlapping fetches of one (viewer,
+    session) flush concurrently (threads), both from stale saved states: the flush lock is
+    taken before the states are read, so the ticks posted are the distinct content."""
+    one, two = Store(postgres_db_url), Store(postgres_db_url)  # migrated on open
+    try:
+        channel, session = _live(one, price=10)
+        settings = _settings(tmp_path)
+        first = BillingService(one, settings, clock=clock)
+        second = BillingService(two, settings, clock=clock)
+        first.ledger.deposit(1, 10**6, "dep:1")
+        for service in (first, second):
+            await service.ensure_loaded(1)
+        _watch(first, clock, 1, channel, session, range(5))  # 10 s
+        await first.flush()  # the saved state: 10 ticks
+        _watch(first, clock, 1, channel, session, range(5, 10))  # ticks 10-20
+        _watch(second, clock, 1, channel, session, range(12))  # ticks 0-24: overlaps both
+
+        for service in (first, second):  # both read the saved states, then wait a moment
+            read = service._saved_states
+
+            def slow(db: Any, keys: Any, read: Any = read) -> Any:
+                found = read(db, keys)
+                time.sleep(0.3)  # the other flush reads (stale, without the lock) meanwhile
+                return found
+
+            service._saved_states = slow  # type: ignore[method-assign]
+        await asyncio.gather(first.flush(), second.flush())
+        ledger = Ledger(one)
+        assert _watch_seconds(ledger, 1) == 24, "12 distinct 2 s segments, each posted once"
+        assert ledger.viewer_balance(1) == 10**6 - 240 and ledger.sum_of_all_postings() == 0
+        with one.session() as db:
+            state = db.get(WatchState, (1, session))
+        assert state is not None and state.ticks == 24 and state.sequences == [[0, 11]]
+    finally:
+        one.close()
+        two.close()
+
+
+def test_the_app_wires_chain_deposits_to_invalidate(tmp_path: Path) -> None:
+    """A deposit the chain watcher credits re-reads the viewer's balance at once."""
+    pytest.importorskip("substrateinterface")
+    from vilokanam.app import VilokanamServer
+
+    seed = tmp_path / "escrow-seed"
+    seed.write_text("//Alice")
+    settings = Settings.model_validate(
+        {
+            "data_dir": str(tmp_path),
+            "billing": {"settlement": "substrate"},
+            "chain": {"url": "ws://127.0.0.1:1", "escrow_seed_file": str(seed)},
+        }
+    )
+    server = VilokanamServer(settings, echo=lambda _: None)
+    try:
+        assert server.deposit_watcher is not None
+        assert server.deposit_watcher.on_credit == server.billing.invalidate
+    finally:
+        server.store.close()

@@ -45,6 +45,7 @@ class FakeBilling:
         self.refuse: dict[int, str] = {}
         self.loaded: list[int] = []
         self.watching: list[tuple[int, int]] = []
+        self.asked: list[tuple[int, int | None]] = []  # (viewer, session) of each allowance
 
     def note_fetch(
         self, viewer_id: int, channel: Channel, session_id: int, sequence: int, duration: float
@@ -54,7 +55,10 @@ class FakeBilling:
     def note_watching(self, viewer_id: int, channel: Channel, session_id: int) -> None:
         self.watching.append((viewer_id, session_id))
 
-    def allowance(self, viewer_id: int, channel: Channel) -> str | None:
+    def allowance(
+        self, viewer_id: int, channel: Channel, session_id: int | None = None
+    ) -> str | None:
+        self.asked.append((viewer_id, session_id))
         return self.refuse.get(viewer_id)
 
     async def ensure_loaded(self, viewer_id: int) -> None:
@@ -100,7 +104,12 @@ async def origin(tmp_path: Path, media: Path):  # type: ignore[no-untyped-def]
         return CHANNELS.get(slug)
 
     gate = BillingGate(
-        billing, ChannelCache(lookup), SECRET, SegmentDurations(None), clock=lambda: 1000.0
+        billing,
+        ChannelCache(lookup),
+        SECRET,
+        SegmentDurations(None),
+        clock=lambda: 1000.0,
+        media_prefix=lambda slug: "streams/9" if slug == "paid" else None,
     )
     viewers = ViewerCounter(30)
     app = create_app(make_settings(tmp_path), media, lambda slug: slug, viewers=viewers, gate=gate)
@@ -185,11 +194,33 @@ async def test_only_media_segments_served_to_a_get_are_billed(origin: Fixture) -
     assert await billed(origin) == [(7, "paid", 9, 4, 2.0)]  # a range still bills once
 
 
-async def test_an_unknown_duration_is_never_billed(origin: Fixture, media: Path) -> None:
+async def test_an_unknown_duration_is_refused_not_served_unbilled(
+    origin: Fixture, media: Path
+) -> None:
+    """An ended stream's segment outside the playlist on disk: its duration is unknown, so a
+    priced channel refuses it (404) before sending a byte rather than serve it unbilled."""
     (media / "paid" / "source" / "s9-seg-6.m4s").write_bytes(b"x")  # not in the playlist
-    response = await origin.client.get(f"/live/paid/source/s9-seg-6.m4s?token={token()}")
-    assert response.status == 200
-    assert await billed(origin) == [] and origin.gate.unknown_durations == 1
+    tok = token()
+    for method in (origin.client.get, origin.client.head):
+        response = await method(f"/live/paid/source/s9-seg-6.m4s?token={tok}")
+        assert response.status == 404
+    assert await billed(origin) == [] and origin.gate.unknown_durations == 2
+    free = await origin.client.get("/live/free/source/s9-seg-3.m4s")  # free channels: no gate
+    assert free.status == 200
+    init = await origin.client.get(f"/live/paid/source/s9-init.mp4?token={tok}")
+    assert init.status == 200, "an init segment has no duration and is not billed"
+
+
+async def test_the_gate_tells_the_service_which_session(origin: Fixture) -> None:
+    """For the free preview: a segment's session from its name, a playlist's from the media
+    prefix (``streams/{session}``)."""
+    tok = token()
+    for path in ("source/s9-seg-3.m4s", "master.m3u8", "180p/index.m3u8"):
+        assert (await origin.client.get(f"/live/paid/{path}?token={tok}")).status == 200
+    assert origin.billing.asked == [(7, 9), (7, 9), (7, 9)]
+    origin.gate.media_prefix = lambda slug: None  # not streaming, never streamed
+    assert (await origin.client.get(f"/live/paid/master.m3u8?token={tok}")).status == 200
+    assert origin.billing.asked[-1] == (7, None)
 
 
 async def test_the_price_is_looked_up_once_per_ttl(origin: Fixture) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -398,3 +399,74 @@ def test_url_forms() -> None:
     assert normalize_url("sqlite:////tmp/x.db").drivername == "sqlite"
     with pytest.raises(StoreError, match="in-memory"):
         Store("sqlite://")
+
+
+# -- ss58 addresses ----------------------------------------------------------------------------
+ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"  # //Alice, format 42
+ALICE_KEY = bytes.fromhex("d43593c715fdd31c61141abd04a99fd6822c8558854ccde39a5684e7a56da27d")
+
+
+def _corrupt(address: str, index: int) -> str:
+    """``address`` with one base58 character changed (still base58, same length)."""
+    char = address[index]
+    return address[:index] + ("2" if char != "2" else "3") + address[index + 1 :]
+
+
+def test_ss58_decodes_known_addresses_and_matches_substrate_interface() -> None:
+    from vilokanam.store import ss58
+
+    assert ss58.decode(ALICE) == (42, ALICE_KEY)
+    keypair = pytest.importorskip("substrateinterface").Keypair
+    for address_format in (0, 2, 42, 63, 64, 255, 7391, 16383):
+        alice = keypair.create_from_uri("//Alice", ss58_format=address_format)
+        assert ss58.decode(alice.ss58_address) == (address_format, ALICE_KEY), address_format
+        assert ss58.encode(ALICE_KEY, address_format) == alice.ss58_address
+    assert ss58.is_valid(ALICE, 42) and not ss58.is_valid(ALICE, 2)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "1" * 47,  # base58, but a zero payload: no valid checksum
+        _corrupt(ALICE, 10),  # one character of the key changed
+        _corrupt(ALICE, len(ALICE) - 1),  # the checksum changed
+        ALICE[:-1],  # truncated
+        ALICE + "1",  # a byte too many
+        "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQ0",  # 0 is not base58
+        "",
+        "x",
+    ],
+)
+def test_ss58_refuses_corrupted_addresses(address: str) -> None:
+    from vilokanam.store import ss58
+
+    with pytest.raises(ValueError):
+        ss58.decode(address)
+    assert not ss58.is_valid(address)
+
+
+def test_ss58_refuses_bad_prefixes_and_reserved_formats() -> None:
+    from vilokanam.store import ss58
+
+    for prefix in (b"\x80", b"\xff", b"\x2e"):  # prefix bytes >= 128; format 46 is reserved
+        payload = prefix + ALICE_KEY
+        checksum = hashlib.blake2b(b"SS58PRE" + payload, digest_size=64).digest()[:2]
+        with pytest.raises(ValueError):
+            ss58.decode(ss58.b58encode(payload + checksum))
+    with pytest.raises(ValueError):
+        ss58.encode(ALICE_KEY[:31])
+
+
+def test_payout_and_viewer_addresses_are_checksum_validated(store: Store) -> None:
+    store.create_channel("news", "News")
+    assert store.update_channel("news", payout_address=f" {ALICE} ").payout_address == ALICE
+    for bad in ("1" * 47, _corrupt(ALICE, 20), "0OIl"):
+        with pytest.raises(InvalidField) as info:
+            store.update_channel("news", payout_address=bad)
+        assert info.value.field == "payout_address" and "ss58" in str(info.value)
+        with pytest.raises(InvalidField) as info:
+            store.create_viewer("vera", address=bad)
+        assert info.value.field == "address" and "ss58" in str(info.value)
+    assert store.get_channel("news").payout_address == ALICE
+    viewer, _ = store.create_viewer("vera", address=ALICE)
+    assert viewer.address == ALICE

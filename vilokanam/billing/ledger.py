@@ -273,9 +273,7 @@ class Ledger:
         is fewer than asked (down to 0, then no entry is written) when the viewer's balance runs
         out. Viewer → creator (less the fee) + platform (the fee)."""
         connection = db.connection()
-        if connection.dialect.name == "postgresql":  # one flusher at a time, across servers
-            lock = text("SELECT pg_advisory_xact_lock(:a, :b)")
-            connection.execute(lock, {"a": _FLUSH_LOCK[0], "b": _FLUSH_LOCK[1]})
+        self.lock_watch_flushes(db)
         keys = [charge.key for charge in charges]
         posted = self._existing_keys(connection, keys)
         balances = self.balances({viewer_account(charge.viewer_id) for charge in charges}, db=db)
@@ -313,6 +311,18 @@ class Ledger:
             batch.append((entry, postings))
         self._insert_entries(connection, batch, checked=True)
         return results
+
+    @staticmethod
+    def lock_watch_flushes(db: Session) -> None:
+        """On PostgreSQL, wait for the transaction-scoped lock that lets one watch flush run at
+        a time across servers (held until ``db`` commits or rolls back; taking it again in the
+        same transaction is harmless). Take it before reading anything the flush decides on
+        (saved watch states, balances): under READ COMMITTED each later statement then sees
+        what the previous flush committed. A no-op on SQLite (one server's database)."""
+        connection = db.connection()
+        if connection.dialect.name == "postgresql":
+            lock = text("SELECT pg_advisory_xact_lock(:a, :b)")
+            connection.execute(lock, {"a": _FLUSH_LOCK[0], "b": _FLUSH_LOCK[1]})
 
     # -- internals ------------------------------------------------------------------------
     @staticmethod

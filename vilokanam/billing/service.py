@@ -10,6 +10,15 @@ A flush merges with what the database holds (ticks and content: the larger; sequ
 union), so even a state that memory lost or never loaded (evicted, another server) cannot post a
 tick range twice. Ticks a viewer's balance cannot pay are written off, never posted below zero;
 the gate's :meth:`~BillingService.allowance` stops the viewer before that matters.
+
+Balances change outside this service (a deposit through the API, the chain's deposit watcher,
+another server): :meth:`~BillingService.invalidate` re-reads one at once, and a refusal on a
+cached balance older than ``STALE_BALANCE`` seconds marks it stale, so the gate's next
+:meth:`~BillingService.ensure_loaded` reads it again from the ledger.
+
+The free preview (``billing.free_preview`` seconds of each stream session) is not billed and
+needs no balance: :meth:`~BillingService.allowance` lets a viewer the balance would refuse
+through while the content it fetched of the session is still within the preview.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ CHUNK = 400  # (viewer, session) pairs per IN (...) list
 IDLE_EVICT = 600.0
 """Seconds after its last fetch that a saved watch state leaves memory (reloaded on return)."""
 UPDATED = ("first_fetch_at", "content_ms", "pending_ms", "ticks", "sequences", "updated_at")
+STALE_BALANCE = 5.0
+"""Seconds after which a cached balance that refuses a viewer is read again from the ledger."""
 RECENT = timedelta(days=1)
 """Watch states of ended sessions touched this recently are loaded with a viewer (VOD)."""
 
@@ -56,6 +67,8 @@ class _Viewer:
     balance: int = 0
     """Ledger balance (planck) as last read or as the last flush left it."""
     balance_known: bool = False
+    balance_at: float = 0.0
+    """Clock time the balance was last read from the ledger."""
     watches_loaded: bool = False
     out_of_funds: bool = False
     sessions: dict[int, _Figures] = field(default_factory=dict)
@@ -163,8 +176,15 @@ class BillingService:
         if channel.price_per_second > 0:
             self.tracker.release(viewer_id, session_id, self._clock())
 
-    def allowance(self, viewer_id: int, channel: Channel) -> str | None:
-        """None if the viewer may fetch from ``channel``; else why not (the gate answers 402)."""
+    def allowance(
+        self, viewer_id: int, channel: Channel, session_id: int | None = None
+    ) -> str | None:
+        """None if the viewer may fetch from ``channel``; else why not (the gate answers 402).
+
+        ``session_id``: the stream session the request is for (None: not known, e.g. a master
+        playlist with no stream), for the free preview. A refusal on a cached balance older
+        than ``STALE_BALANCE`` seconds marks it stale (read again by the next
+        :meth:`ensure_loaded`): deposits made elsewhere unlock the viewer."""
         price = channel.price_per_second
         if price <= 0:
             return None
@@ -172,12 +192,25 @@ class BillingService:
         if viewer is None or not viewer.balance_known:
             return "insufficient balance: balance not loaded yet, try again"
         remaining = viewer.balance - self._pending_spend(viewer_id, viewer)
-        if remaining < price:
-            return (
-                f"insufficient balance: {max(remaining, 0)} planck left, this channel costs "
-                f"{price} planck per second"
-            )
-        return None
+        if remaining >= price:
+            return None
+        if self.tracker.preview_ms > 0 and self._in_preview(viewer_id, session_id):
+            return None
+        if self._clock() - viewer.balance_at > STALE_BALANCE:
+            viewer.balance_known = False  # a timestamp compare; the read is ensure_loaded's
+        return (
+            f"insufficient balance: {max(remaining, 0)} planck left, this channel costs "
+            f"{price} planck per second"
+        )
+
+    def _in_preview(self, viewer_id: int, session_id: int | None) -> bool:
+        """Whether the content the viewer fetched of ``session_id`` (credited, or waiting under
+        the wall-clock cap) is still short of the free preview; True for no session."""
+        if session_id is None:
+            return True  # nothing fetched can be counted against it (no stream to serve)
+        state = self.tracker.state(viewer_id, session_id)
+        fetched = 0 if state is None else state.content_ms + state.pending_ms
+        return fetched < self.tracker.preview_ms
 
     def invalidate(self, viewer_id: int) -> None:
         """The viewer's balance changed outside this service (a deposit): read it again."""
@@ -204,6 +237,7 @@ class BillingService:
         loaded = await asyncio.to_thread(self._read_viewer, viewer_id, with_watches)
         viewer.balance = loaded.balance
         viewer.balance_known = True
+        viewer.balance_at = self._clock()
         if with_watches:
             for session_id, figures in loaded.figures.items():
                 viewer.sessions[session_id] = figures
@@ -287,6 +321,7 @@ class BillingService:
                 viewer = self._viewers.get(viewer_id)
                 if viewer is not None and viewer.balance_known:
                     viewer.balance = balance
+                    viewer.balance_at = self._clock()
             return written
 
     def _write(self, work: list[tuple[Due, tuple[int, int] | None]]) -> _Flushed:
@@ -294,6 +329,10 @@ class BillingService:
         keys = [(due.viewer_id, due.session_id) for due, _ in work]
         table = WatchState.__table__  # type: ignore[attr-defined]
         with self.store.session() as db:
+            # Serialise flushes across servers BEFORE reading the saved states: read after
+            # another server's flush committed, they hold its ticks (READ COMMITTED), so two
+            # servers never post overlapping tick ranges of one (viewer, session).
+            self.ledger.lock_watch_flushes(db)
             saved = self._saved_states(db, keys)
             charges: list[WatchCharge] = []
             accounted: dict[tuple[int, int], int] = {}

@@ -5,7 +5,12 @@ For a channel with ``price_per_second > 0`` every playlist and segment request n
 viewer who may not watch (no balance) a 402, both JSON and never charged. Playlists served to a
 tokened request carry the token in every URI, so a player needs only the one master URL. A
 media segment served to a tokened request becomes one fetch event for the billing service,
-with the segment's duration from the live stream (or, once it is gone, the playlist on disk).
+with the segment's duration from the live stream (or, once it is gone, the playlist on disk);
+a media segment whose duration is known to neither is a 404, never served unbilled.
+
+For the free preview the gate tells the billing service which stream session a request is for:
+a segment's from its file name (``s{session}-seg-N``), a playlist's from the channel's media
+prefix (``streams/{session}``: the current or latest session).
 
 The hot path does no database or disk work beyond the file it serves: channels are cached by
 slug for a few seconds (refreshed in a thread), verified tokens are remembered, and durations
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 
 SEGMENT_NAME = re.compile(r"^s(\d{1,19})-seg-(\d{1,19})\.(?:m4s|ts)$")
 """A media segment (not an init segment, not a playlist): session id and media sequence."""
+SESSION_PREFIX = re.compile(r"(?:^|/)streams/(\d{1,19})$")
+"""A media prefix (see ``StreamManager.media_prefix``): the stream session it holds."""
 _URI_ATTRIBUTE = re.compile(r'URI="([^"]*)"')
 CHANNEL_TTL = 5.0
 MAX_CACHED = 10_000
@@ -49,7 +56,9 @@ class Billing(Protocol):
         self, viewer_id: int, channel: Channel, session_id: int, sequence: int, duration: float
     ) -> None: ...
     def note_watching(self, viewer_id: int, channel: Channel, session_id: int) -> None: ...
-    def allowance(self, viewer_id: int, channel: Channel) -> str | None: ...
+    def allowance(
+        self, viewer_id: int, channel: Channel, session_id: int | None = None
+    ) -> str | None: ...
     async def ensure_loaded(self, viewer_id: int) -> None: ...
 
 
@@ -237,12 +246,15 @@ class BillingGate:
         durations: SegmentDurations,
         *,
         clock: Callable[[], float] = time.time,
+        media_prefix: Callable[[str], str | None] | None = None,
     ) -> None:
         self.service = service
         self.channels = channels
         self.secret = secret
         self.durations = durations
         self._clock = clock
+        self.media_prefix = media_prefix
+        """slug → the media prefix ``/live/{slug}/`` serves (for a playlist's session)."""
         self._verified: dict[str, Claims] = {}
         """Tokens whose signature was checked (expiry and channel are checked every time)."""
         self.unknown_durations = 0
@@ -255,10 +267,21 @@ class BillingGate:
         token = request.query.get("token", "")
         claims = self._claims(token, slug)
         await self.service.ensure_loaded(claims.viewer_id)
-        reason = self.service.allowance(claims.viewer_id, channel)
+        reason = self.service.allowance(claims.viewer_id, channel, self._session(request, slug))
         if reason is not None:
             raise Refused(402, reason)
         return Admission(claims.viewer_id, token, channel)
+
+    def _session(self, request: web.Request, slug: str) -> int | None:
+        """The stream session a request is for: a segment's from its name, anything else's
+        from the channel's media prefix; None if unknown."""
+        name = request.match_info.get("path", "").rsplit("/", 1)[-1]
+        match = SEGMENT_NAME.fullmatch(name)
+        if match is not None:
+            return int(match[1])
+        prefix = self.media_prefix(slug) if self.media_prefix is not None else None
+        found = SESSION_PREFIX.search(prefix) if prefix else None
+        return int(found[1]) if found is not None else None
 
     def _claims(self, token: str, slug: str) -> Claims:
         claims = self._verified.get(token)
@@ -280,8 +303,25 @@ class BillingGate:
     def serve_segment(
         self, request: web.Request, file: Path, headers: dict[str, str], admission: Admission
     ) -> web.StreamResponse:
-        """``file``, billed once it went out whole to a GET (200, or 206 for a range)."""
-        return _BilledFile(file, headers, lambda: self.note(admission, file))
+        """``file``, billed once it went out whole to a GET (200, or 206 for a range). A media
+        segment whose duration is unknown (an ended stream's segment outside the playlist on
+        disk) is a 404: nothing of a priced channel is watched unbilled."""
+        match = SEGMENT_NAME.fullmatch(file.name)
+        if match is None:  # an init segment or another non-media file: not billed
+            return web.FileResponse(file, headers=headers)
+        session_id, sequence = int(match[1]), int(match[2])
+        duration = self.durations.duration(session_id, sequence, file)
+        if duration is None or not duration > 0:
+            self.unknown_durations += 1
+            log.warning("%s: duration unknown, refused (it could not be billed)", file.name)
+            raise web.HTTPNotFound(text="not found")
+        return _BilledFile(
+            file,
+            headers,
+            lambda: self.service.note_fetch(
+                admission.viewer_id, admission.channel, session_id, sequence, duration
+            ),
+        )
 
     def note_playlist(self, admission: Admission, prefix: str) -> None:
         """A media playlist fetch: the viewer is still watching (content it fetched ahead of
@@ -289,20 +329,6 @@ class BillingGate:
         session = prefix.rsplit("/", 1)[-1]
         if session.isdigit():
             self.service.note_watching(admission.viewer_id, admission.channel, int(session))
-
-    def note(self, admission: Admission, file: Path) -> None:
-        match = SEGMENT_NAME.fullmatch(file.name)
-        if match is None:
-            return  # an init segment or another non-media file: not billed
-        session_id, sequence = int(match[1]), int(match[2])
-        duration = self.durations.duration(session_id, sequence, file)
-        if duration is None or duration <= 0:
-            self.unknown_durations += 1
-            log.warning("%s: duration unknown, not billed", file.name)
-            return
-        self.service.note_fetch(
-            admission.viewer_id, admission.channel, session_id, sequence, duration
-        )
 
 
 def channel_lookup(store: Store) -> Callable[[str], Channel | None]:

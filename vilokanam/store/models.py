@@ -204,6 +204,13 @@ class SettlementBatch(SQLModel, table=True):
     extrinsic_hash: str | None = Field(default=None, max_length=80)
     block_hash: str | None = Field(default=None, max_length=80)
     error: str | None = None
+    nonce: int | None = Field(default=None, sa_type=BigInteger)  # type: ignore[arg-type]
+    """The escrow nonce the batch's extrinsic is signed with (recorded before it first leaves;
+    every resubmission reuses it, so at most one of them can ever be included)."""
+    genesis_hash: str | None = Field(default=None, max_length=80)
+    """Genesis hash of the chain the batch was submitted to."""
+    submitted_block: int | None = None
+    """The finalized height when the batch was first submitted: its lookup starts there."""
 
 
 class ChainDeposit(SQLModel, table=True):

@@ -13,6 +13,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from vilokanam.store import ss58
 from vilokanam.store import validation as check
 from vilokanam.store.engine import make_engine
 from vilokanam.store.errors import (
@@ -367,17 +368,18 @@ class Store:
         return db.exec(select(Viewer).where(Viewer.name == name)).first()
 
 
-_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
-
-
 def _address(value: Any, field: str = "address") -> str | None:
-    """A chain address: None, or 1-64 base58 characters (the ss58 checksum is checked by the
-    chain client when it is used)."""
+    """A chain address: None, or an ss58 account address whose checksum holds (any network
+    format; see :mod:`vilokanam.store.ss58`)."""
     if value is None:
         return None
     text = value.strip() if isinstance(value, str) else ""
-    if not text or len(text) > MAX_ADDRESS or not set(text) <= _BASE58:
+    try:
+        if not text or len(text) > MAX_ADDRESS:
+            raise ValueError(f"1-{MAX_ADDRESS} base58 characters")
+        ss58.decode(text)
+    except ValueError as exc:
         raise InvalidField(
-            field, f"invalid {field} {value!r}: an ss58 address (1-{MAX_ADDRESS} base58 characters)"
-        )
+            field, f"invalid {field} {value!r}: not an ss58 account address ({exc})"
+        ) from None
     return text

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from vilokanam.billing.ledger import Ledger
@@ -71,6 +71,65 @@ def _creator_amounts(db: Session, entries: list[LedgerEntry]) -> dict[int, int]:
     return amounts
 
 
+def _creator_totals(db: Session) -> dict[int, int]:
+    """Per channel: the sum of the ``creator:{channel_id}`` postings of ALL unsettled watch
+    entries (one GROUP BY, whatever their number)."""
+    rows = db.exec(
+        select(LedgerEntry.channel_id, func.sum(Posting.amount))
+        .join(LedgerEntry, col(LedgerEntry.id) == col(Posting.entry_id))
+        .where(
+            LedgerEntry.kind == EntryKind.WATCH,
+            col(LedgerEntry.batch_id).is_(None),
+            col(LedgerEntry.channel_id).is_not(None),
+            col(Posting.account).startswith("creator:"),
+        )
+        .group_by(col(LedgerEntry.channel_id))
+    ).all()
+    return {int(channel_id): int(total or 0) for channel_id, total in rows}
+
+
+def valid_address(address: str) -> bool:
+    """Whether ``address`` is a well-formed ss58 address (checksum included), any prefix."""
+    from substrateinterface.utils.ss58 import ss58_decode  # only the chain backend needs it
+
+    try:
+        ss58_decode(address)
+    except Exception:  # ValueError, and whatever odd input makes the decoder raise
+        return False
+    return True
+
+
+def _excluded_channels(db: Session, *, require_address: bool, min_payout: int) -> set[int]:
+    """Channels whose unsettled entries wait: payout address not a valid ss58 address (logged),
+    or all they are owed together still above 0 but below ``min_payout``."""
+    excluded: set[int] = set()
+    if require_address:
+        pending = select(LedgerEntry.channel_id).where(
+            LedgerEntry.kind == EntryKind.WATCH, col(LedgerEntry.batch_id).is_(None)
+        )
+        channels = db.exec(
+            select(Channel.id, Channel.slug, Channel.payout_address).where(
+                col(Channel.id).in_(pending),
+                col(Channel.payout_address).is_not(None),
+                Channel.payout_address != "",
+            )
+        ).all()
+        for channel_id, slug, address in channels:
+            if not valid_address(str(address)):
+                log.warning(
+                    "settlement: channel %s (%s) has an invalid payout address %r; its "
+                    "earnings wait until it is fixed",
+                    channel_id,
+                    slug,
+                    address,
+                )
+                excluded.add(int(channel_id))
+    if min_payout > 0:
+        totals = _creator_totals(db)
+        excluded |= {cid for cid, total in totals.items() if 0 < total < min_payout}
+    return excluded
+
+
 def prepare_batch(
     store: Store,
     *,
@@ -82,18 +141,21 @@ def prepare_batch(
 ) -> SettlementBatch | None:
     """Claim unsettled watch entries into a new batch; None when there is nothing to settle.
 
-    ``require_address``: only channels with a ``payout_address`` (others stay unsettled).
-    ``min_payout``: a channel whose payout would be above 0 but below it (the chain's
-    existential deposit) waits for more. ``confirmed``: the local backend — no chain, the batch
-    is confirmed at once.
+    ``require_address``: only channels with a valid ss58 ``payout_address`` (others stay
+    unsettled; an invalid one is logged). ``min_payout``: a channel owed above 0 but below it in
+    all (the chain's existential deposit) waits for more. ``confirmed``: the local backend — no
+    chain, the batch is confirmed at once.
     """
     with store.session() as db:
+        excluded = _excluded_channels(db, require_address=require_address, min_payout=min_payout)
         query = (
             select(LedgerEntry)
             .where(LedgerEntry.kind == EntryKind.WATCH, col(LedgerEntry.batch_id).is_(None))
             .order_by(col(LedgerEntry.id))
             .limit(limit)
         )
+        if excluded:
+            query = query.where(col(LedgerEntry.channel_id).not_in(excluded))
         addresses: dict[int, str | None] = {}
         if require_address:
             query = query.join(Channel, col(Channel.id) == col(LedgerEntry.channel_id)).where(
@@ -103,6 +165,8 @@ def prepare_batch(
         if not entries:
             return None
         amounts = _creator_amounts(db, entries)
+        # a channel cut short by ``limit`` could fall below the minimum in this batch: it goes
+        # first in the next one (entries are taken oldest first)
         waiting = {cid for cid, amount in amounts.items() if 0 < amount < min_payout}
         if waiting:
             entries = [entry for entry in entries if entry.channel_id not in waiting]
@@ -165,15 +229,28 @@ def batch_entries(store: Store, batch_id: str) -> list[LedgerEntry]:
         return list(db.exec(query.order_by(col(LedgerEntry.id))).all())
 
 
-def mark_submitted(store: Store, batch_id: str, extrinsic_hash: str | None = None) -> None:
-    """State submitted, with the hash of the signed extrinsic, written before it leaves: from
-    now on the batch is looked up on chain before any retry."""
+def mark_submitted(
+    store: Store,
+    batch_id: str,
+    extrinsic_hash: str | None = None,
+    *,
+    nonce: int | None = None,
+    genesis_hash: str | None = None,
+    submitted_block: int | None = None,
+) -> None:
+    """State submitted, with the signed extrinsic's hash and escrow nonce, the chain's genesis
+    and the finalized height, written before it leaves: from now on the batch is resolved by its
+    nonce before any retry. The nonce, genesis and height of the first submission are kept."""
     with store.session() as db:
         batch = db.get(SettlementBatch, batch_id)
         if batch is not None and batch.state in PENDING:
             batch.state = BatchState.SUBMITTED
-            batch.submitted_at = utcnow()
+            batch.submitted_at = batch.submitted_at or utcnow()
             batch.extrinsic_hash = extrinsic_hash
+            if batch.nonce is None:
+                batch.nonce = nonce
+                batch.genesis_hash = genesis_hash
+                batch.submitted_block = submitted_block
             db.add(batch)
             db.commit()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,17 +19,19 @@ from substrateinterface import Keypair, SubstrateInterface
 from substrateinterface.exceptions import SubstrateRequestException
 from substrateinterface.utils.hasher import blake2_256
 from substrateinterface.utils.ss58 import ss58_decode, ss58_encode
+from websocket import WebSocketException
 
 from vilokanam.config import Settings
 
 log = logging.getLogger(__name__)
 
-LOOKUP_DEPTH = 2000
-"""Blocks scanned back from the head when looking a batch up on chain (about 3.7 ms each)."""
-
 
 class ChainError(Exception):
     """The chain could not be reached or did not answer in time: try again later."""
+
+
+class BatchInvalid(Exception):
+    """A batch could not be composed or signed (a bad address, an odd amount): it never can."""
 
 
 class EscrowSeedMissing(ChainError):
@@ -57,13 +60,17 @@ class Submission:
 
 
 @dataclass(frozen=True)
-class Found:
-    """Where a batch's remark (or extrinsic) was found on chain."""
+class Inclusion:
+    """Where the escrow's extrinsic with a given nonce was included, and what became of it."""
 
+    success: bool
     block_hash: str
     block_number: int
     extrinsic_idx: int
     extrinsic_hash: str | None = None
+    error: str | None = None
+    remarks: tuple[str, ...] = ()
+    """The ``System.Remarked`` hashes the extrinsic emitted (a successful batch has its own)."""
 
 
 @dataclass(frozen=True)
@@ -218,14 +225,29 @@ class ChainClient:
             return "transfer_allow_death"
         return "transfer"
 
-    def escrow_has_pending(self) -> bool:
-        """Whether an extrinsic from the escrow waits in the node's pool (pool-aware next nonce
-        ahead of the on-chain nonce): resubmitting then could pay twice, so wait."""
+    def finalized_head(self) -> tuple[int, str]:
+        """Number and hash of the finalized head."""
         s = self.substrate
-        address = self.escrow_address
-        pending = self._call("next index", s.rpc_request, "system_accountNextIndex", [address])
-        account = self._call("query", s.query, "System", "Account", [address])
-        return int(pending["result"]) > int(account.value["nonce"])
+        head = self._call("finalized head", s.rpc_request, "chain_getFinalizedHead", [])
+        block_hash = str(head["result"])
+        return int(self._call("block number", s.get_block_number, block_hash)), block_hash
+
+    def escrow_nonce(self) -> int:
+        """The escrow's nonce in the finalized state: extrinsics of it included for good."""
+        s = self.substrate
+        _, block_hash = self.finalized_head()
+        account = self._call(
+            "query", s.query, "System", "Account", [self.escrow_address], block_hash=block_hash
+        )
+        return int(account.value["nonce"])
+
+    def escrow_next_nonce(self) -> int:
+        """The escrow's next nonce as the node sees it: best block and transaction pool."""
+        s = self.substrate
+        answer = self._call(
+            "next index", s.rpc_request, "system_accountNextIndex", [self.escrow_address]
+        )
+        return int(answer["result"])
 
     # -- settlement -------------------------------------------------------------------------
     def compose_batch(
@@ -237,23 +259,29 @@ class ChainClient:
         """One ``Utility.batch_all``: a transfer per ``(address, amount)``, then the remark —
         or, where the runtime has ``TickStream.record_tick`` and ``ticks`` are given, those
         calls instead of the remark."""
+        try:
+            return self._compose_batch(payouts, remark, ticks)
+        except (ChainError, BatchInvalid):
+            raise
+        except (SubstrateRequestException, OSError, WebSocketException) as exc:
+            self.close()
+            raise ChainError(f"compose failed on {self.url}: {exc!r}") from exc
+        except Exception as exc:  # encoding: a bad address or amount: this batch never composes
+            raise BatchInvalid(f"cannot compose the batch: {exc!r}") from exc
+
+    def _compose_batch(
+        self, payouts: list[tuple[str, int]], remark: bytes, ticks: list[TickRecord] | None
+    ) -> Any:
         s = self.substrate
+        self._call("metadata", s.init_runtime)
         transfer = self.transfer_function()
         calls = [
-            self._call(
-                "compose",
-                s.compose_call,
-                "Balances",
-                transfer,
-                {"dest": address, "value": amount},
-            )
+            s.compose_call("Balances", transfer, {"dest": address, "value": amount})
             for address, amount in payouts
         ]
         if ticks and self.has_tick_stream():
             calls += [
-                self._call(
-                    "compose",
-                    s.compose_call,
+                s.compose_call(
                     "TickStream",
                     "record_tick",
                     {"stream_id": t.stream_id, "viewer": t.viewer, "ticks": t.ticks},
@@ -261,24 +289,30 @@ class ChainClient:
                 for t in ticks
             ]
         else:
-            calls.append(
-                self._call(
-                    "compose", s.compose_call, "System", "remark_with_event", {"remark": remark}
-                )
-            )
-        return self._call("compose", s.compose_call, "Utility", "batch_all", {"calls": calls})
+            calls.append(s.compose_call("System", "remark_with_event", {"remark": remark}))
+        return s.compose_call("Utility", "batch_all", {"calls": calls})
 
     @staticmethod
     def extrinsic_hash(extrinsic: Any) -> str:
         return "0x" + extrinsic.extrinsic_hash.hex()
 
-    def sign(self, call: Any) -> Any:
-        """The signed extrinsic from the escrow (immortal: its nonce makes it run at most once)."""
+    def sign(self, call: Any, nonce: int) -> Any:
+        """The signed extrinsic from the escrow with ``nonce`` (immortal: the nonce alone makes
+        it run at most once, and at most one extrinsic with that nonce can ever be included)."""
         if self.keypair is None:
             raise EscrowSeedMissing("no escrow keypair: cannot sign")
-        return self._call(
-            "sign", self.substrate.create_signed_extrinsic, call=call, keypair=self.keypair
-        )
+        try:
+            return self._call(
+                "sign",
+                self.substrate.create_signed_extrinsic,
+                call=call,
+                keypair=self.keypair,
+                nonce=nonce,
+            )
+        except SubstrateRequestException as exc:
+            raise ChainError(f"sign failed on {self.url}: {exc!r}") from exc
+        except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
+            raise BatchInvalid(f"cannot sign the batch: {exc!r}") from exc
 
     def submit(self, extrinsic: Any) -> Submission:
         """Submit and wait for finalization; ChainError when the outcome is unknown."""
@@ -294,6 +328,8 @@ class ChainClient:
         except (ValueError, KeyError) as exc:  # "dropped" and odd answers: outcome unknown
             self.close()
             raise ChainError(f"submit failed on {self.url}: {exc!r}") from exc
+        except SubstrateRequestException as exc:  # refused by the pool (stale nonce, fees…)
+            raise ChainError(f"submit refused by {self.url}: {exc}") from exc
         return Submission(
             success=success,
             extrinsic_hash=str(receipt.extrinsic_hash),
@@ -303,60 +339,34 @@ class ChainClient:
             error=error,
         )
 
-    def find_remark(self, remark: bytes, depth: int = LOOKUP_DEPTH) -> Found | None:
-        """The block (at most ``depth`` back from the best head) whose ``System.Remarked`` event
-        carries ``blake2_256(remark)`` from the escrow; a remark event exists only if the whole
-        ``batch_all`` succeeded."""
-        wanted = remark_hash(remark)
-        escrow = self.escrow_address if self.keypair is not None else None
-        for number, block_hash, events in self._recent_events(depth):
-            for event in events:
-                value = event.value
-                if value["module_id"] != "System" or value["event_id"] != "Remarked":
-                    continue
-                attributes = value["attributes"] or {}
-                if attributes.get("hash") != wanted:
-                    continue
-                if escrow is not None and not same_account(attributes.get("sender", ""), escrow):
-                    continue
-                index = int(value.get("extrinsic_idx") or 0)
-                return Found(block_hash, number, index, self._extrinsic_hash(block_hash, index))
-        return None
-
-    def _extrinsic_hash(self, block_hash: str, index: int) -> str | None:
-        block = self._call("block", self.substrate.get_block, block_hash=block_hash)
-        extrinsics = block["extrinsics"]
-        if index < len(extrinsics) and extrinsics[index].extrinsic_hash:
-            return "0x" + extrinsics[index].extrinsic_hash.hex()
-        return None
-
-    def find_extrinsic(self, extrinsic_hash: str, depth: int = LOOKUP_DEPTH) -> Found | None:
-        """The block holding a successful extrinsic with this hash (the TickStream path, which
-        has no remark to look for)."""
+    def find_nonce(self, nonce: int, start: int, *, log_every: int = 1000) -> Inclusion | None:
+        """The escrow's extrinsic signed with ``nonce`` in the finalized blocks from ``start`` to
+        the finalized head, and its outcome; None when no such block holds it. Scans forward
+        (the extrinsic is usually a few blocks after ``start``), logging progress on long runs."""
         s = self.substrate
-        wanted = extrinsic_hash.removeprefix("0x")
-        for number, block_hash, events in self._recent_events(depth):
-            block = self._call("block", s.get_block, block_hash=block_hash)
-            for index, extrinsic in enumerate(block["extrinsics"]):
-                if extrinsic.extrinsic_hash and extrinsic.extrinsic_hash.hex() == wanted:
-                    ok = any(
-                        e.value.get("extrinsic_idx") == index
-                        and e.value["module_id"] == "System"
-                        and e.value["event_id"] == "ExtrinsicSuccess"
-                        for e in events
-                    )
-                    return Found(block_hash, number, index, extrinsic_hash) if ok else None
-        return None
-
-    def _recent_events(self, depth: int) -> Any:
-        s = self.substrate
-        head = self._call("head", s.get_block_header)
-        top = int(head["header"]["number"])
-        for number in range(top, max(0, top - depth), -1):
+        escrow = ss58_decode(self.escrow_address)
+        head = self.finalized_number()
+        first = max(0, start)
+        began = time.monotonic()
+        for number in range(first, head + 1):
+            if number > first and (number - first) % log_every == 0:
+                log.info("settlement: looking for escrow nonce %d: block %d of %d..%d (%.0f s)",
+                         nonce, number, first, head, time.monotonic() - began)  # fmt: skip
             block_hash = self._call("block hash", s.get_block_hash, number)
             if block_hash is None:
                 continue
-            yield number, block_hash, self._call("events", s.get_events, block_hash=block_hash)
+            block = self._call("block", s.get_block, block_hash=block_hash)
+            for index, extrinsic in enumerate(block["extrinsics"]):
+                value = extrinsic.value
+                if not isinstance(value, dict) or "address" not in value:
+                    continue  # unsigned (inherents)
+                if value.get("nonce") is None or int(value["nonce"]) != nonce:
+                    continue
+                if _account_id(value["address"]) != escrow:
+                    continue
+                events = self._call("events", s.get_events, block_hash=block_hash)
+                return _inclusion(block_hash, number, index, extrinsic, events)
+        return None
 
     # -- deposits ---------------------------------------------------------------------------
     def transfers_to(self, address: str, number: int) -> list[Transfer]:
@@ -384,3 +394,44 @@ class ChainClient:
                 )
             )
         return found
+
+
+def _account_id(address: Any) -> str | None:
+    """The account id (hex, no 0x) of an extrinsic's ``address`` (ss58, hex or ``{"Id": …}``)."""
+    if isinstance(address, dict):
+        address = address.get("Id", next(iter(address.values()), None))
+    if not isinstance(address, str):
+        return None
+    if address.startswith("0x"):
+        return address[2:].lower()
+    try:
+        return str(ss58_decode(address)).lower()
+    except ValueError:
+        return None
+
+
+def _inclusion(block_hash: str, number: int, index: int, extrinsic: Any, events: Any) -> Inclusion:
+    """The outcome of extrinsic ``index`` from its block's events."""
+    own = [e.value for e in events if e.value.get("extrinsic_idx") == index]
+    success = any((v["module_id"], v["event_id"]) == ("System", "ExtrinsicSuccess") for v in own)
+    error = None
+    if not success:
+        failed = [
+            v for v in own if (v["module_id"], v["event_id"]) == ("System", "ExtrinsicFailed")
+        ]
+        error = str((failed[0]["attributes"] or {}).get("dispatch_error")) if failed else "unknown"
+    remarks = tuple(
+        str((v["attributes"] or {}).get("hash"))
+        for v in own
+        if (v["module_id"], v["event_id"]) == ("System", "Remarked")
+    )
+    extrinsic_hash = extrinsic.extrinsic_hash
+    return Inclusion(
+        success=success,
+        block_hash=str(block_hash),
+        block_number=number,
+        extrinsic_idx=index,
+        extrinsic_hash="0x" + extrinsic_hash.hex() if extrinsic_hash else None,
+        error=error,
+        remarks=remarks,
+    )

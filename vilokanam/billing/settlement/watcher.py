@@ -48,8 +48,12 @@ class DepositWatcher:
         ledger: Ledger | None = None,
         client_factory: Callable[[], ChainClient] | None = None,
         start_lookback: int = START_LOOKBACK,
+        on_credit: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_credit(viewer_id)`` runs after each credited deposit is committed (to drop a
+        cached balance, say); its errors are logged, never raised."""
         self.store = store
+        self.on_credit = on_credit
         self.ledger = ledger or Ledger(store)
         self.interval = settings.chain.poll_interval
         self.ss58_format = settings.chain.ss58_format
@@ -162,6 +166,7 @@ class DepositWatcher:
         """The block's deposits and the cursor, in one transaction; the number credited."""
         viewers = {t.sender: self._viewer_id(t.sender) for t in transfers}
         credited = 0
+        credited_viewers: list[int] = []
         with self.store.session() as db:
             for transfer in transfers:
                 if db.get(ChainDeposit, transfer.key) is not None:
@@ -183,6 +188,7 @@ class DepositWatcher:
                     continue
                 if self.ledger.deposit(viewer_id, transfer.amount, f"chain:{transfer.key}", db=db):
                     credited += 1
+                    credited_viewers.append(viewer_id)
                     log.info("deposit watcher: viewer %d credited %d planck (block %d)",
                              viewer_id, transfer.amount, number)  # fmt: skip
             cursor = db.get(ChainCursor, CURSOR)
@@ -190,4 +196,10 @@ class DepositWatcher:
                 cursor.block_number = number
                 db.add(cursor)
             db.commit()
+        if self.on_credit is not None:
+            for viewer_id in credited_viewers:
+                try:
+                    self.on_credit(viewer_id)
+                except Exception:
+                    log.exception("deposit watcher: on_credit(%d) failed", viewer_id)
         return credited

@@ -92,6 +92,9 @@ def upgrade() -> None:
         sa.Column("extrinsic_hash", sa.String(80), nullable=True),
         sa.Column("block_hash", sa.String(80), nullable=True),
         sa.Column("error", sa.String(), nullable=True),
+        sa.Column("nonce", sa.BigInteger(), nullable=True),
+        sa.Column("genesis_hash", sa.String(80), nullable=True),
+        sa.Column("submitted_block", sa.Integer(), nullable=True),
     )
     _indexes("settlement_batch", "state")
 
