@@ -358,3 +358,30 @@ def test_the_app_wires_chain_deposits_to_invalidate(tmp_path: Path) -> None:
         assert server.deposit_watcher.on_credit == server.billing.invalidate
     finally:
         server.store.close()
+
+
+async def test_stop_during_a_slow_flush_posts_every_tick_once(
+    sqlite_store: Store, clock: Clock, tmp_path: Path
+) -> None:
+    """stop() while the flush loop is writing: the write finishes, nothing is posted twice."""
+    import threading
+
+    channel, session = _live(sqlite_store)
+    service = BillingService(sqlite_store, _settings(tmp_path, flush_interval=0.1), clock=clock)
+    service.ledger.deposit(1, 10**9, "dep:1")
+    await service.start()
+    writing = threading.Event()
+    real_write = service._write
+
+    def slow_write(work: Any) -> Any:
+        writing.set()
+        time.sleep(0.5)
+        return real_write(work)
+
+    service._write = slow_write  # type: ignore[method-assign]
+    _watch(service, clock, 1, channel, session, range(5))
+    await asyncio.to_thread(writing.wait, 5)
+    _watch(service, clock, 1, channel, session, range(5, 8))  # due while the write is running
+    await service.stop()  # must not cancel the write and race a second flush against it
+    assert _watch_seconds(service.ledger, 1) == 16
+    assert service.ledger.sum_of_all_postings() == 0

@@ -135,7 +135,10 @@ class BillingService:
     async def stop(self) -> None:
         """Stop the flush loop and flush what is pending."""
         if self._task is not None:
-            self._task.cancel()
+            # Never cancel a flush mid-write: its thread would still commit while a second
+            # flush, started below, read the same saved states.
+            async with self._flush_lock:
+                self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self.flush()
