@@ -25,13 +25,22 @@ from vilokanam.origin.api.token import load_or_create_token, token_path
 from vilokanam.origin.gate import BillingGate, ChannelCache, SegmentDurations, channel_lookup
 from vilokanam.origin.http import create_app
 from vilokanam.origin.metrics import ServerMetrics
-from vilokanam.origin.storage import LocalStorage
+from vilokanam.origin.storage import LocalStorage, Storage
 from vilokanam.origin.viewers import ViewerCounter, feed_viewer_counts
 from vilokanam.store import Store
 
 log = logging.getLogger("vilokanam")
 
 DEMO_SLUG = "demo"
+
+
+def create_storage(settings: Settings) -> Storage:
+    """The media backend ``storage`` names (boto3 is imported only for S3)."""
+    if settings.storage == "s3":
+        from vilokanam.origin.s3 import S3Storage
+
+        return S3Storage(settings.media_dir, settings.s3)
+    return LocalStorage(settings.media_dir)
 
 
 class VilokanamServer:
@@ -41,7 +50,7 @@ class VilokanamServer:
         self.settings = settings
         self.echo = echo
         self.store = Store(settings.database_url)
-        self.storage = LocalStorage(settings.media_dir)
+        self.storage = create_storage(settings)
         self.webhooks = WebhookDispatcher(settings, self.store)
         self.webhook_events = WebhookEvents(
             self.webhooks, playback_url=lambda slug: self.urls.playback(slug)
@@ -84,6 +93,7 @@ class VilokanamServer:
         stale = await asyncio.to_thread(self.store.end_unfinished_sessions)
         if stale:
             log.info("ended %d stream session(s) left open by an earlier run", stale)
+        await self.storage.start()
         await self.webhooks.start()
         await self.billing.start()
         await self.settler.start()
@@ -173,6 +183,7 @@ class VilokanamServer:
             await asyncio.gather(self._viewer_task, return_exceptions=True)
         await self.rtmp.stop()
         await self.manager.shutdown()
+        await self.storage.close(self.settings.s3.shutdown_grace)  # uploads still queued
         await self.webhooks.stop(flush_timeout=2.0)  # stream.ended of the streams just ended
         if self.publish_hook is not None:
             await self.publish_hook.close()

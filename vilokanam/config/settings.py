@@ -224,6 +224,54 @@ class ChainSettings(_Section):
         return value
 
 
+class S3Settings(_Section):
+    """Object storage for ``storage = "s3"``: AWS S3 or any S3-compatible store (MinIO, R2,
+    Wasabi). Credentials come from the standard AWS chain (env, ~/.aws, instance role)."""
+
+    bucket: str = ""
+    prefix: str = ""
+    """Key prefix inside the bucket (``"vilokanam/"``); keys are ``{prefix}streams/{id}/…``."""
+    region: str = ""
+    endpoint_url: str = ""
+    """Empty: AWS. Else the S3-compatible endpoint (``http://127.0.0.1:9000`` for MinIO)."""
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    public_base_url: str = ""
+    """The CDN (or public bucket URL) in front of the bucket; master playlists point at it."""
+    upload_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+    retry_initial: Annotated[float, Field(ge=0.05, le=60)] = 0.5
+    retry_max: Annotated[float, Field(ge=0.1, le=600)] = 10.0
+    timeout: Annotated[float, Field(ge=1, le=300)] = 10.0
+    """Connect and read timeout of one S3 request (seconds)."""
+    spool_max_mb: Annotated[int, Field(ge=16, le=1_048_576)] = 2048
+    """Segments waiting for S3 (while it is down) kept on local disk, at most this many MiB;
+    past it the oldest waiting segments are dropped (logged, counted in /metrics)."""
+    shutdown_grace: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    """At shutdown, wait this long for uploads still queued."""
+
+    @field_validator("endpoint_url", "public_base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value, allow_empty=True).rstrip("/")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        return f"{value}/" if value else ""
+
+
+class RecordingSettings(_Section):
+    enabled: bool = False
+    """Keep every segment of a stream and turn it into a VOD at ``/vod/{stream_id}/`` when it
+    ends (a channel's ``record`` overrides this)."""
+    retention_days: Annotated[int, Field(ge=0, le=36500)] = 0
+    """Delete VODs older than this many days (0: keep; a channel's ``vod_retention_days``
+    overrides this)."""
+    thumbnail_interval: Annotated[float, Field(ge=5, le=3600)] = 30.0
+    """Seconds between poster thumbnails (``/live/{slug}/thumbnail.jpg``) while live."""
+    thumbnail_width: Annotated[int, Field(ge=64, le=3840)] = 640
+
+
 class Settings(_Section):
     data_dir: Path = Path("./vilokanam-data")
     public_host: str = ""
@@ -240,6 +288,10 @@ class Settings(_Section):
     publish_hook: PublishHookSettings = Field(default_factory=PublishHookSettings)
     billing: BillingSettings = Field(default_factory=BillingSettings)
     chain: ChainSettings = Field(default_factory=ChainSettings)
+    storage: Literal["local", "s3"] = "local"
+    """Where segments and playlists go: the local media folder, or S3 (see ``[s3]``)."""
+    s3: S3Settings = Field(default_factory=S3Settings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
 
     @model_validator(mode="after")
     def _ports_differ(self) -> Settings:
@@ -247,6 +299,8 @@ class Settings(_Section):
             raise ValueError("rtmp.port and http.port must differ")
         if self.billing.settlement == "substrate" and not self.chain.url:
             raise ValueError('billing.settlement = "substrate" needs chain.url (ws://…)')
+        if self.storage == "s3" and not self.s3.bucket:
+            raise ValueError('storage = "s3" needs s3.bucket (and s3.endpoint_url for non-AWS)')
         return self
 
     @property

@@ -476,6 +476,8 @@ class StreamManager:
             "x264_preset": transcode.x264_preset,
             "x264_tune": transcode.x264_tune,
             "audio_bitrate": transcode.audio_bitrate,
+            "thumbnail_interval": self.settings.recording.thumbnail_interval,
+            "thumbnail_width": self.settings.recording.thumbnail_width,
         }
 
     async def start_publish(self, stream_key: str, publisher: Publisher) -> LiveStream:

@@ -16,6 +16,7 @@ from aiohttp import web
 from vilokanam.config import Settings
 from vilokanam.origin.gate import BillingGate, Refused, sign_playlist
 from vilokanam.origin.metrics import METRICS, ServerMetrics, metrics_endpoint, metrics_middleware
+from vilokanam.origin.storage import CONTENT_TYPES, cache_control
 from vilokanam.origin.viewers import ViewerCounter, viewer_identity
 
 MediaResolver = Callable[[str], str | None]
@@ -26,16 +27,6 @@ MEDIA_ROOT = web.AppKey("media_root", Path)
 RESOLVE_MEDIA = web.AppKey("resolve_media", MediaResolver)
 VIEWERS = web.AppKey("viewers", ViewerCounter)
 GATE = web.AppKey("billing_gate", BillingGate)
-
-CONTENT_TYPES = {
-    ".m3u8": "application/vnd.apple.mpegurl",
-    ".m4s": "video/iso.segment",
-    ".mp4": "video/mp4",
-    ".ts": "video/mp2t",
-    ".jpg": "image/jpeg",
-}
-PLAYLIST_CACHE = "no-cache, no-store"
-SEGMENT_CACHE = "public, max-age=31536000, immutable"
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -49,10 +40,6 @@ def safe_relative(path: str) -> str | None:
     if any(part.startswith(".") or ".." in part for part in parts):
         return None
     return path
-
-
-def cache_control(filename: str) -> str:
-    return PLAYLIST_CACHE if filename.endswith(".m3u8") else SEGMENT_CACHE
 
 
 def _add_cors(headers: MutableMapping[str, str], origin: str) -> None:

@@ -57,6 +57,11 @@ class Channel(SQLModel, table=True):
     payout_address: str | None = Field(default=None, max_length=64)
     """The creator's chain address (ss58) that settlement pays; None: earnings stay in the
     ledger until one is set."""
+    record: bool | None = None
+    """Keep this channel's streams as VODs (None: ``recording.enabled``)."""
+    vod_retention_days: int | None = Field(default=None, ge=0)
+    """Delete this channel's VODs after this many days, 0 keeps them (None: the server's
+    ``recording.retention_days``)."""
     stream_key_hash: str | None = Field(default=None, index=True, unique=True, max_length=64)
     """SHA-256 hex of the stream key (192-bit random, so a fast hash is enough); None: revoked."""
     key_rotated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # type: ignore[arg-type]
@@ -80,6 +85,43 @@ class StreamSession(SQLModel, table=True):
     """Why the stream ended: publisher left, kicked, transcoder failed, server shutdown…"""
     recording_location: str | None = None
     """Where the stream's recording is kept (set when recording is on), else None."""
+
+
+class Recording(SQLModel, table=True):
+    """An ended stream kept as a VOD: every segment, served at ``/vod/{session_id}/``."""
+
+    session_id: int = Field(primary_key=True, foreign_key="streamsession.id", ondelete="CASCADE")
+    channel_id: int = Field(foreign_key="channel.id", index=True, ondelete="CASCADE")
+    prefix: str = Field(max_length=255)
+    """Storage prefix of its media (``streams/{session_id}``)."""
+    storage: str = Field(default="local", max_length=16)
+    """Backend that holds the media: ``local`` or ``s3``."""
+    renditions: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    duration_ms: int = Field(default=0, sa_type=BigInteger)  # type: ignore[arg-type]
+    segments: int = 0
+    """Media segments per rendition."""
+    size_bytes: int = Field(default=0, sa_type=BigInteger)  # type: ignore[arg-type]
+    """Bytes of every rendition's segments."""
+    thumbnail: bool = False
+    """Whether a poster ``thumbnail.jpg`` exists."""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # type: ignore[arg-type]
+    expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime, index=True)  # type: ignore[arg-type]
+    """When retention deletes it (None: kept until deleted)."""
+
+
+class LogCursor(SQLModel, table=True):
+    """How far ``billing ingest-logs`` has read one CDN access log file."""
+
+    __tablename__ = "log_cursor"
+
+    source: str = Field(primary_key=True, max_length=255)
+    """The file's identity: its name plus a hash of its first line (survives renames/rotation)."""
+    offset: int = Field(default=0, sa_type=BigInteger)  # type: ignore[arg-type]
+    """Bytes read and fed (always at a line end)."""
+    lines: int = Field(default=0, sa_type=BigInteger)  # type: ignore[arg-type]
+    fetches: int = Field(default=0, sa_type=BigInteger)  # type: ignore[arg-type]
+    """Segment requests found and fed to the tracker so far."""
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # type: ignore[arg-type]
 
 
 class DeliveryState(StrEnum):
