@@ -181,6 +181,8 @@ class LiveStream:
         self.publisher: Publisher | None = None
         self.stats = StreamStats()
         self.segment_durations: dict[int, float] = {}
+        self.durations_ms: list[int] = []
+        """Every sequence's duration in ms (0: never finished), saved with the session."""
         self.end_reason = "publisher left"
         self.packager = LivePackager(
             self.prefix,
@@ -283,6 +285,10 @@ class LiveStream:
     def _note_duration(self, sequence: int, duration: float) -> None:
         """Remember a sequence's duration for billing (the same in every rendition)."""
         self.segment_durations.setdefault(sequence, duration)
+        if sequence >= len(self.durations_ms):
+            self.durations_ms.extend([0] * (sequence + 1 - len(self.durations_ms)))
+        if not self.durations_ms[sequence]:
+            self.durations_ms[sequence] = max(0, round(duration * 1000))
         if len(self.segment_durations) > DURATIONS_KEPT:
             for old in sorted(self.segment_durations)[: len(self.segment_durations) // 2]:
                 del self.segment_durations[old]
@@ -349,6 +355,7 @@ class LiveStream:
                     state=SessionState.LIVE,
                     segments=self.segments,
                     peak_viewers=self.stats.peak_viewers,
+                    durations_ms=self.durations_ms,
                 )
             except Exception as exc:  # the end writes the figures again
                 log.warning("%s: could not record progress: %s", self.name, exc)
@@ -406,6 +413,7 @@ class LiveStream:
                     peak_viewers=self.stats.peak_viewers,
                     end_reason=self.end_reason,
                     at=ended_at,
+                    durations_ms=self.durations_ms,
                 )
                 return
             except SessionNotFound:

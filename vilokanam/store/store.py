@@ -222,6 +222,7 @@ class Store:
         at: datetime | None = None,
         peak_viewers: int | None = None,
         end_reason: str | None = None,
+        durations_ms: list[int] | None = None,
     ) -> StreamSession:
         with self.session() as db:
             stream = db.get(StreamSession, session_id)
@@ -240,10 +241,18 @@ class Store:
                 stream.peak_viewers = max(stream.peak_viewers, peak_viewers)
             if end_reason is not None:
                 stream.end_reason = end_reason
+            if durations_ms is not None:
+                stream.durations_ms = list(durations_ms)
             db.add(stream)
             db.commit()
             db.refresh(stream)
         return stream
+
+    def segment_durations(self, session_id: int) -> list[int]:
+        """EXTINF in ms by media sequence of a session (0: unknown); empty if none recorded."""
+        with self.session() as db:
+            stream = db.get(StreamSession, session_id)
+            return list(stream.durations_ms or []) if stream is not None else []
 
     def sessions(self, channel_id: int | None = None) -> list[StreamSession]:
         with self.session() as db:

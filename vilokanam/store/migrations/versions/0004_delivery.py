@@ -1,4 +1,5 @@
-"""Delivery at scale: per-channel recording settings, VOD recordings, CDN log cursors.
+"""Delivery at scale: per-channel recording settings, VOD recordings, CDN log cursors,
+segment durations per stream session (for CDN log billing after the stream).
 
 Revision ID: 0004
 Revises: 0003
@@ -21,6 +22,9 @@ def upgrade() -> None:
     with op.batch_alter_table("channel") as batch:
         batch.add_column(sa.Column("record", sa.Boolean(), nullable=True))
         batch.add_column(sa.Column("vod_retention_days", sa.Integer(), nullable=True))
+
+    with op.batch_alter_table("streamsession") as batch:
+        batch.add_column(sa.Column("durations_ms", sa.JSON(), nullable=True))
 
     op.create_table(
         "recording",
@@ -62,6 +66,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("log_cursor")
     op.drop_table("recording")
+    with op.batch_alter_table("streamsession") as batch:
+        batch.drop_column("durations_ms")
     with op.batch_alter_table("channel") as batch:
         batch.drop_column("vod_retention_days")
         batch.drop_column("record")
