@@ -27,6 +27,7 @@ from vilokanam.origin.http import create_app
 from vilokanam.origin.metrics import ServerMetrics
 from vilokanam.origin.storage import LocalStorage, Storage
 from vilokanam.origin.viewers import ViewerCounter, feed_viewer_counts
+from vilokanam.origin.vod import RetentionTask, VodCatalogue
 from vilokanam.store import Store
 
 log = logging.getLogger("vilokanam")
@@ -39,7 +40,9 @@ def create_storage(settings: Settings) -> Storage:
     if settings.storage == "s3":
         from vilokanam.origin.s3 import S3Storage
 
-        return S3Storage(settings.media_dir, settings.s3)
+        storage = S3Storage(settings.media_dir, settings.s3)
+        storage.expected_segment_seconds = settings.hls.segment_duration  # slow-upload warning
+        return storage
     return LocalStorage(settings.media_dir)
 
 
@@ -64,6 +67,8 @@ class VilokanamServer:
             authorize=self.publish_hook,
         )
         self.viewers = ViewerCounter(settings.http.viewer_timeout)
+        self.vods = VodCatalogue(self.store, self.storage)
+        self.retention = RetentionTask(self.vods)
         self.billing = BillingService(self.store, settings)
         self.settler = Settler(settings, self.store)
         self.deposit_watcher: Any = None
@@ -115,6 +120,8 @@ class VilokanamServer:
             metrics=self.metrics,
             viewers=self.viewers,
             gate=self.gate,
+            resolve_vod=self.vods.resolve,
+            public_url=self.storage.public_url,
         )
         if self.settings.api.enabled:
             setup_api(
@@ -128,10 +135,12 @@ class VilokanamServer:
                 token_secret=secret,
                 settler=self.settler,
                 channel_changed=self.gate.channels.forget,
+                vods=self.vods,
             )
         self._viewer_task = asyncio.create_task(
             feed_viewer_counts(self.viewers, self.manager.live_streams)
         )
+        self.retention.start()
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.http.host, self.settings.http.port)
@@ -183,6 +192,7 @@ class VilokanamServer:
             await asyncio.gather(self._viewer_task, return_exceptions=True)
         await self.rtmp.stop()
         await self.manager.shutdown()
+        await self.retention.stop()
         await self.storage.close(self.settings.s3.shutdown_grace)  # uploads still queued
         await self.webhooks.stop(flush_timeout=2.0)  # stream.ended of the streams just ended
         if self.publish_hook is not None:

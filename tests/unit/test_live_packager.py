@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import m3u8
 
-from vilokanam.origin.storage import LocalStorage
+from vilokanam.origin.storage import LocalStorage, SegmentDropped
 from vilokanam.packager.live import LivePackager
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -43,9 +44,11 @@ async def test_a_sequence_waits_for_every_rendition_and_crash_leftovers_are_drop
     for name in ("source", "240p"):
         await packager.handle(_rendition(name, 0, tmp_path))
     await packager.handle(_segment(tmp_path, "source", 0, 0.0))
+    await packager.wait_listed()
     assert not (tmp_path / "s" / "source" / "index.m3u8").exists(), "240p has no segment 0 yet"
     await packager.handle(_segment(tmp_path, "240p", 0, 0.0))
     await packager.handle(_segment(tmp_path, "source", 1, 2.0))  # the worker dies here
+    await packager.wait_listed()
     assert [s.uri for s in _playlist(tmp_path, "source").segments] == ["seg-0.m4s"]
     assert (tmp_path / "s" / "master.m3u8").exists()
 
@@ -57,6 +60,7 @@ async def test_a_sequence_waits_for_every_rendition_and_crash_leftovers_are_drop
     for name in ("source", "240p"):
         await packager.handle(_rendition(name, 1, tmp_path))
         await packager.handle(_segment(tmp_path, name, 1, 0.0))
+    await packager.wait_listed()
     for name in ("source", "240p"):
         playlist = _playlist(tmp_path, name)
         assert [s.uri for s in playlist.segments] == ["seg-0.m4s", "seg-1.m4s"]
@@ -76,3 +80,87 @@ async def test_finish_ends_every_playlist(tmp_path: Path) -> None:
     await packager.finish()
     playlist = _playlist(tmp_path, "source")
     assert playlist.is_endlist and len(playlist.segments) == 3
+
+
+class _SlowStorage(LocalStorage):
+    """Uploads that finish out of order (the first one last), like concurrent S3 puts."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.release: dict[str, asyncio.Event] = {}
+        self.order: list[str] = []
+
+    async def publish_segment(self, relpath: str) -> None:
+        gate = self.release.setdefault(relpath, asyncio.Event())
+        await gate.wait()
+        self.order.append(relpath)
+
+    async def publish_playlist(self, relpath: str, text: str) -> None:
+        names = [line for line in text.splitlines() if line and not line.startswith("#")]
+        for name in names:
+            if name.endswith(".m4s"):
+                assert f"s/source/{name}" in self.order, f"{name} listed before it was published"
+        await super().publish_playlist(relpath, text)
+
+
+async def test_handling_never_waits_for_uploads_and_listing_stays_in_order(
+    tmp_path: Path,
+) -> None:
+    storage = _SlowStorage(tmp_path)
+    packager = LivePackager("s", storage, segment_duration=2, window=6, delete_margin=2)
+    await packager.handle({"type": "ladder", "renditions": ["source"]})
+    await asyncio.wait_for(packager.handle(_rendition("source", 0, tmp_path)), 1)
+    for sequence in range(3):  # returns at once although no upload has finished
+        event = _segment(tmp_path, "source", sequence, 2.0 * sequence)
+        await asyncio.wait_for(packager.handle(event), 1)
+    assert packager.next_sequence == 3
+    storage.release.setdefault("s/source/init-0.mp4", asyncio.Event()).set()
+    for sequence in (2, 1):  # later sequences finish first
+        storage.release.setdefault(f"s/source/seg-{sequence}.m4s", asyncio.Event()).set()
+    await asyncio.sleep(0.05)
+    assert not (tmp_path / "s" / "source" / "index.m3u8").exists(), "0 is not published yet"
+    storage.release.setdefault("s/source/seg-0.m4s", asyncio.Event()).set()
+    assert await packager.wait_listed(2)
+    assert [s.uri for s in _playlist(tmp_path, "source").segments] == [
+        "seg-0.m4s", "seg-1.m4s", "seg-2.m4s"
+    ]  # fmt: skip
+
+
+class _DroppingStorage(LocalStorage):
+    async def publish_segment(self, relpath: str) -> None:
+        if relpath.endswith("seg-1.m4s"):
+            raise SegmentDropped(relpath)
+
+
+async def test_a_dropped_sequence_is_left_out_with_a_discontinuity(tmp_path: Path) -> None:
+    packager = LivePackager("s", _DroppingStorage(tmp_path), segment_duration=2, window=6,
+                            delete_margin=2)  # fmt: skip
+    await packager.handle({"type": "ladder", "renditions": ["source"]})
+    await packager.handle(_rendition("source", 0, tmp_path))
+    for sequence in range(3):
+        await packager.handle(_segment(tmp_path, "source", sequence, 2.0 * sequence))
+    await packager.wait_listed()
+    playlist = _playlist(tmp_path, "source")
+    assert [s.uri for s in playlist.segments] == ["seg-0.m4s", "seg-2.m4s"]
+    assert [s.discontinuity for s in playlist.segments] == [False, True]
+    assert packager.dropped == 1
+    assert not (tmp_path / "s" / "source" / "seg-1.m4s").exists()
+
+
+async def test_recording_keeps_every_segment_and_ends_as_a_vod(tmp_path: Path) -> None:
+    packager = LivePackager("s", LocalStorage(tmp_path), segment_duration=2, window=3,
+                            delete_margin=1, recording=True)  # fmt: skip
+    await packager.handle({"type": "ladder", "renditions": ["source"]})
+    await packager.handle(_rendition("source", 0, tmp_path))
+    for sequence in range(8):
+        await packager.handle(_segment(tmp_path, "source", sequence, 2.0 * sequence))
+    await packager.wait_listed()
+    assert len(_playlist(tmp_path, "source").segments) == 3, "the live window is unchanged"
+    await packager.finish()
+    vod = _playlist(tmp_path, "source")
+    assert vod.playlist_type == "vod" and vod.is_endlist and vod.media_sequence == 0
+    assert [s.uri for s in vod.segments] == [f"seg-{n}.m4s" for n in range(8)]
+    assert all((tmp_path / "s" / "source" / f"seg-{n}.m4s").exists() for n in range(8))
+    summary = packager.recording_summary()
+    assert summary is not None
+    assert (summary.segments, summary.duration_ms, summary.size_bytes) == (8, 16_000, 8000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -184,6 +185,10 @@ class LiveStream:
         self.durations_ms: list[int] = []
         """Every sequence's duration in ms (0: never finished), saved with the session."""
         self.end_reason = "publisher left"
+        self.recording = (
+            channel.record if channel.record is not None else self.settings.recording.enabled
+        )
+        """Whether this session is kept as a VOD when it ends (decided once, at its start)."""
         self.packager = LivePackager(
             self.prefix,
             manager.storage,
@@ -191,6 +196,7 @@ class LiveStream:
             window=self.settings.hls.window,
             delete_margin=self.settings.hls.delete_margin,
             on_segment=self._on_segment,
+            recording=self.recording,
         )
         self.worker: WorkerProcess | None = None
         self.epoch = -1
@@ -274,12 +280,6 @@ class LiveStream:
             self.stats.transcode = event
         elif kind == "segment":
             self._note_duration(int(event["sequence"]), float(event["duration"]))
-            listed = self.packager.next_sequence
-            await self.packager.handle(event)
-            if self.packager.next_sequence > listed:  # this event completed sequence(s)
-                playlist = self.packager.renditions[str(event["rendition"])].playlist
-                self.stats.note_listed(playlist.segments, listed)
-            return
         await self.packager.handle(event)
 
     def _note_duration(self, sequence: int, duration: float) -> None:
@@ -345,8 +345,12 @@ class LiveStream:
 
     # -- lifecycle ------------------------------------------------------------
     async def _on_segment(self, sequence: int) -> None:
+        """Sequence ``sequence`` is listed in every rendition's playlist."""
         first = self.segments == 0
         self.segments = sequence + 1
+        rendition = next(iter(self.packager.renditions.values()), None)
+        if rendition is not None:
+            self.stats.note_listed(rendition.playlist.segments, sequence)
         if first or sequence % 30 == 0:
             try:
                 await asyncio.to_thread(
@@ -394,35 +398,69 @@ class LiveStream:
         self.ended = True
         try:
             await self._record_end()
+            await self._save_recording()
         finally:
             self.manager.forget(self)
             self.manager.events.stream_ended(self)
         log.info("%s: ended after %d segments (%s)", self.name, self.segments, self.end_reason)
 
     async def _record_end(self) -> None:
-        """Write the end to the store, retrying briefly (a locked SQLite file, a PostgreSQL
-        failover); if it still fails, the next start ends the session (end_unfinished_sessions)."""
+        """Write the end to the store; if that keeps failing, the next start ends the session
+        (end_unfinished_sessions)."""
         ended_at = self.stats.publisher_left_at or utcnow()
+        await self._store_write(
+            "the end of the stream",
+            functools.partial(
+                self.manager.store.update_session,
+                self.session_id,
+                state=SessionState.ENDED,
+                segments=self.segments,
+                peak_viewers=self.stats.peak_viewers,
+                end_reason=self.end_reason,
+                at=ended_at,
+                durations_ms=self.durations_ms,
+            ),
+        )
+
+    async def _save_recording(self) -> None:
+        """A recorded stream becomes a VOD in the catalogue (its playlists are final now)."""
+        summary = self.packager.recording_summary()
+        if summary is None:
+            return
+        channel = self.channel
+        days = channel.vod_retention_days
+        await self._store_write(
+            "the recording",
+            functools.partial(
+                self.manager.store.save_recording,
+                session_id=self.session_id,
+                channel_id=channel.id,
+                prefix=self.prefix,
+                storage=self.manager.storage.kind,
+                renditions=summary.renditions,
+                duration_ms=summary.duration_ms,
+                segments=summary.segments,
+                size_bytes=summary.size_bytes,
+                thumbnail=summary.thumbnail,
+                retention_days=days if days is not None else self.settings.recording.retention_days,
+            ),
+        )
+        log.info("%s: recorded as /vod/%d/%s", self.name, self.session_id, MASTER)
+
+    async def _store_write(self, what: str, write: Callable[[], object]) -> None:
+        """Run a store write in a thread, retrying briefly (a locked SQLite file, a PostgreSQL
+        failover); a session deleted with its channel is not an error."""
         for delay in END_WRITE_RETRIES:
             try:
-                await asyncio.to_thread(
-                    self.manager.store.update_session,
-                    self.session_id,
-                    state=SessionState.ENDED,
-                    segments=self.segments,
-                    peak_viewers=self.stats.peak_viewers,
-                    end_reason=self.end_reason,
-                    at=ended_at,
-                    durations_ms=self.durations_ms,
-                )
+                await asyncio.to_thread(write)
                 return
             except SessionNotFound:
                 return  # the channel was deleted with its history
             except Exception as exc:
                 if delay is None:
-                    log.error("%s: could not record the end of the stream: %s", self.name, exc)
+                    log.error("%s: could not record %s: %s", self.name, what, exc)
                     return
-                log.warning("%s: recording the end failed (%s); retrying", self.name, exc)
+                log.warning("%s: recording %s failed (%s); retrying", self.name, what, exc)
                 await asyncio.sleep(delay)
 
 

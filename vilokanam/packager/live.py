@@ -1,13 +1,18 @@
 """Turns a transcode worker's events into published playlists for one stream session.
 
-The worker writes segment files; this class publishes each segment, then the media playlist
-that names it, then (once every rendition has a segment) the master playlist. Segments that
-leave the window are deleted ``delete_margin`` segments later, so a player holding a slightly
-old playlist still finds them.
+The worker writes segment files; once every rendition has a sequence, this class starts
+publishing its files (an upload, for S3) at once and without waiting, so the worker's events
+keep flowing; a lister task then adds sequences to the media playlists strictly in order, each
+only after all of its files are published, then writes the master playlist (once every
+rendition has a segment). Segments that leave the window are deleted ``delete_margin`` segments
+later, so a player holding a slightly old playlist still finds them. With ``recording`` on,
+nothing is deleted: at the end each media playlist becomes the whole stream as a VOD.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -15,12 +20,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vilokanam.origin.storage import Storage
+from vilokanam.origin.storage import SegmentDropped, Storage
 from vilokanam.packager.playlist import MediaPlaylist, SegmentEntry, Variant, render_master
 
 log = logging.getLogger(__name__)
 
 MASTER = "master.m3u8"
+THUMBNAIL = "thumbnail.jpg"
+VOD_WINDOW = 10**9
+"""A window no recording reaches: the VOD playlist keeps every segment."""
 
 
 def media_playlist_path(rendition: str) -> str:
@@ -33,11 +41,15 @@ class _Rendition:
     playlist: MediaPlaylist
     info: dict[str, Any] = field(default_factory=dict)
     init_uri: str | None = None
+    init_upload: asyncio.Future[None] | None = None
     epoch_of_last_segment: int | None = None
     bits: int = 0
     seconds: float = 0.0
+    size_bytes: int = 0
     peak_bitrate: int = 0
     pending_delete: deque[str] = field(default_factory=deque)
+    archive: list[SegmentEntry] = field(default_factory=list)
+    """Every segment listed (recording only): the VOD playlist."""
 
 
 @dataclass
@@ -46,6 +58,27 @@ class _Epoch:
     wallclock: datetime
     media_start: float
     """Source timestamp (s) that was being fed at ``wallclock``: maps worker times to PDT."""
+
+
+@dataclass
+class _Sequence:
+    """A sequence every rendition has written, waiting for its files to be published."""
+
+    number: int
+    events: dict[str, dict[str, Any]]
+    epoch: _Epoch
+    uploads: list[asyncio.Future[None]]
+
+
+@dataclass(frozen=True)
+class RecordingSummary:
+    """What a recorded stream left: for the VOD catalogue."""
+
+    renditions: list[str]
+    duration_ms: int
+    segments: int
+    size_bytes: int
+    thumbnail: bool
 
 
 class LivePackager:
@@ -60,6 +93,8 @@ class LivePackager:
         window: int,
         delete_margin: int,
         on_segment: Callable[[int], Awaitable[None]] | None = None,
+        recording: bool = False,
+        drain_timeout: float = 120.0,
     ) -> None:
         self.prefix = prefix.rstrip("/")
         self.storage = storage
@@ -68,17 +103,29 @@ class LivePackager:
         self.delete_margin = delete_margin
         self.on_segment = on_segment
         """Called once per sequence, after every rendition's playlist lists it."""
+        self.recording = recording
+        self.drain_timeout = drain_timeout
+        """At the end, how long to wait for files still being published (S3 down)."""
         self.renditions: dict[str, _Rendition] = {}
         self.ladder: list[str] = []
         self.next_sequence = 0
-        """First sequence number for the next worker: one past the last published segment."""
+        """First sequence number for the next worker: one past the last complete sequence."""
+        self.dropped = 0
+        """Sequences given up because their files could not be published."""
+        self.thumbnail = False
+        """Whether a thumbnail was published."""
         self._pending: dict[int, dict[str, dict[str, Any]]] = {}
         """Segment events by sequence, held until every rendition has that sequence."""
+        self._queue: deque[_Sequence] = deque()
+        self._lister: asyncio.Task[None] | None = None
+        self._gap = False
+        """A sequence was dropped: the next one listed starts with a discontinuity."""
         self._pdt_end: datetime | None = None
         self.master_written = False
         self.ended = False
         self._epoch: _Epoch | None = None
         self._master_text = ""
+        self._side_uploads: set[asyncio.Future[None]] = set()
 
     def _path(self, relpath: str) -> str:
         return f"{self.prefix}/{relpath}"
@@ -115,6 +162,7 @@ class LivePackager:
         self._pending.clear()
 
     async def handle(self, event: dict[str, Any]) -> None:
+        """One worker event; returns without waiting for uploads."""
         kind = event.get("type")
         if kind == "ladder":
             self.ladder = list(event["renditions"])
@@ -125,10 +173,12 @@ class LivePackager:
             rendition.info = event
             rendition.init_uri = _relative_to_rendition(event.get("init"), event["name"])
             if event.get("init"):
-                await self.storage.publish_segment(self._path(event["init"]))
+                rendition.init_upload = self._publish(event["init"])
         elif kind == "segment":
             self._pending.setdefault(int(event["sequence"]), {})[event["rendition"]] = event
-            await self._publish_complete_sequences()
+            self._queue_complete_sequences()
+        elif kind == "thumbnail":
+            self._publish_thumbnail(str(event.get("path") or THUMBNAIL))
         elif kind == "warning":
             log.warning("%s: transcoder: %s", self.prefix, event.get("message"))
         elif kind == "stats":
@@ -140,27 +190,95 @@ class LivePackager:
             self.renditions[name] = _Rendition(name, playlist)
         return self.renditions[name]
 
-    async def _publish_complete_sequences(self) -> None:
-        """Publish, in order, each sequence that every rendition of the ladder has written."""
+    def _publish(self, relpath: str) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self.storage.publish_segment(self._path(relpath)))
+
+    def _publish_thumbnail(self, relpath: str) -> None:
+        upload = self._publish(relpath)
+        self._side_uploads.add(upload)
+
+        def done(task: asyncio.Future[None]) -> None:
+            self._side_uploads.discard(task)
+            if task.cancelled():
+                return
+            if task.exception() is None:
+                self.thumbnail = True
+            else:
+                log.warning("%s: thumbnail not published: %s", self.prefix, task.exception())
+
+        upload.add_done_callback(done)
+
+    def _queue_complete_sequences(self) -> None:
+        """Start publishing, in order, each sequence that every rendition has written."""
         names = self.ladder or list(self.renditions)
         while self._pending:
-            sequence = min(self._pending)
-            events = self._pending[sequence]
+            number = min(self._pending)
+            events = self._pending[number]
             if not all(name in events for name in names):
                 return
-            del self._pending[sequence]
-            self.next_sequence = max(self.next_sequence, sequence + 1)
-            for name in names:
-                await self._add_segment(events[name])
-            await self._maybe_write_master()
-            if self.on_segment is not None:
-                await self.on_segment(sequence)
+            del self._pending[number]
+            self.next_sequence = max(self.next_sequence, number + 1)
+            uploads = [self._publish(events[name]["path"]) for name in names]
+            for name in names:  # a playlist naming an init segment waits for it too
+                init = self.renditions[name].init_upload
+                if init is not None:
+                    uploads.append(init)
+            epoch = self._epoch or _Epoch(0, datetime.now(UTC), float(events[names[0]]["start"]))
+            self._epoch = epoch
+            first = events[names[0]]
+            end = epoch.wallclock + timedelta(
+                seconds=float(first["start"]) + float(first["duration"]) - epoch.media_start
+            )
+            self._pdt_end = max(self._pdt_end or end, end)  # known now, listed or not
+            self._queue.append(_Sequence(number, {n: events[n] for n in names}, epoch, uploads))
+        if self._queue and (self._lister is None or self._lister.done()):
+            self._lister = asyncio.create_task(self._list_in_order(), name=f"{self.prefix}-list")
 
-    async def _add_segment(self, event: dict[str, Any]) -> None:
+    async def _list_in_order(self) -> None:
+        while self._queue:
+            item = self._queue[0]
+            results = await asyncio.gather(*item.uploads, return_exceptions=True)
+            self._queue.popleft()
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                await self._drop(item, failures[0])
+                continue
+            try:
+                gap, self._gap = self._gap, False
+                for event in item.events.values():
+                    await self._add_segment(event, item.epoch, after_gap=gap)
+                await self._maybe_write_master()
+                if self.on_segment is not None:
+                    await self.on_segment(item.number)
+            except Exception:
+                log.exception("%s: listing sequence %d failed", self.prefix, item.number)
+
+    async def _drop(self, item: _Sequence, reason: BaseException) -> None:
+        """Files of a sequence could not be published: leave it out of every playlist."""
+        self.dropped += 1
+        self._gap = True
+        how = "S3 spool full" if isinstance(reason, SegmentDropped) else repr(reason)
+        log.error("%s: sequence %d left out of the playlists (%s)", self.prefix, item.number, how)
+        with contextlib.suppress(Exception):
+            await self.storage.delete([self._path(e["path"]) for e in item.events.values()])
+
+    async def wait_listed(self, timeout: float | None = None) -> bool:
+        """Wait until every complete sequence is listed (or dropped); False on timeout."""
+        lister = self._lister
+        if lister is None or lister.done():
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(lister)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _add_segment(
+        self, event: dict[str, Any], epoch: _Epoch, *, after_gap: bool = False
+    ) -> None:
         rendition = self._rendition(event["rendition"])
-        epoch = self._epoch or _Epoch(0, datetime.now(UTC), float(event["start"]))
         sequence = int(event["sequence"])
-        await self.storage.publish_segment(self._path(event["path"]))
         entry = SegmentEntry(
             sequence=sequence,
             uri=_relative_to_rendition(event["path"], rendition.name) or event["path"],
@@ -168,7 +286,8 @@ class LivePackager:
             program_date_time=epoch.wallclock
             + timedelta(seconds=float(event["start"]) - epoch.media_start),
             init_uri=rendition.init_uri,
-            discontinuity=(
+            discontinuity=after_gap
+            or (
                 rendition.epoch_of_last_segment is not None
                 and rendition.epoch_of_last_segment != epoch.number
             ),
@@ -177,7 +296,11 @@ class LivePackager:
         segment_end = entry.program_date_time + timedelta(seconds=entry.duration)
         self._pdt_end = max(self._pdt_end or segment_end, segment_end)
         removed = rendition.playlist.add(entry)
-        bits = int(event.get("size", 0)) * 8
+        if self.recording:
+            rendition.archive.append(entry)
+        size = int(event.get("size", 0))
+        bits = size * 8
+        rendition.size_bytes += size
         rendition.bits += bits
         rendition.seconds += entry.duration
         if entry.duration > 0:
@@ -185,14 +308,19 @@ class LivePackager:
         await self.storage.publish_playlist(
             self._path(media_playlist_path(rendition.name)), rendition.playlist.render()
         )
-        await self._delete_expired(rendition, removed)
+        await self._expire(rendition, removed)
 
-    async def _delete_expired(self, rendition: _Rendition, removed: list[SegmentEntry]) -> None:
+    async def _expire(self, rendition: _Rendition, removed: list[SegmentEntry]) -> None:
+        """Segments that left the window: deleted, or (recording) only their local copy."""
         rendition.pending_delete.extend(self._path(f"{rendition.name}/{e.uri}") for e in removed)
         doomed = []
         while len(rendition.pending_delete) > self.delete_margin:
             doomed.append(rendition.pending_delete.popleft())
-        if doomed:
+        if not doomed:
+            return
+        if self.recording:
+            await self.storage.release_local(doomed)
+        else:
             await self.storage.delete(doomed)
 
     def variants(self) -> list[Variant]:
@@ -205,10 +333,11 @@ class LivePackager:
             average = int(rendition.bits / rendition.seconds) if rendition.seconds else 0
             nominal = int(info.get("bandwidth") or 0)
             peak = max(nominal, rendition.peak_bitrate, average)
+            path = media_playlist_path(name)
             variants.append(
                 Variant(
                     name=name,
-                    uri=media_playlist_path(name),
+                    uri=self.storage.public_url(self._path(path)) or path,
                     bandwidth=peak,
                     average_bandwidth=average or peak,
                     codecs=info.get("codecs") or "",
@@ -219,26 +348,73 @@ class LivePackager:
             )
         return variants
 
-    async def _maybe_write_master(self) -> None:
+    async def _maybe_write_master(self, force: bool = False) -> None:
         """Publish the master once every rendition is playable; refresh it as bitrates settle."""
         names = self.ladder or list(self.renditions)
         if not names or any(not self.renditions[n].playlist.segments for n in names):
             return
         text = render_master(self.variants())
-        if not self.master_written or (self.next_sequence % 10 == 0 and text != self._master_text):
+        refresh = self.next_sequence % 10 == 0 or force
+        if not self.master_written or (refresh and text != self._master_text):
             await self.storage.publish_playlist(self._path(MASTER), text)
             self.master_written = True
             self._master_text = text
 
     async def finish(self) -> None:
-        """The stream ended: every playlist gets EXT-X-ENDLIST."""
+        """The stream ended: every playlist gets EXT-X-ENDLIST (recording: the whole stream).
+
+        Files still being published get ``drain_timeout`` seconds; what is not published by
+        then is left out (and logged), so an unreachable S3 cannot hold the channel forever.
+        """
         self.ended = True
+        if not await self.wait_listed(self.drain_timeout):
+            log.error(
+                "%s: %d sequence(s) still not published after %.0f s; ending without them",
+                self.prefix,
+                len(self._queue),
+                self.drain_timeout,
+            )
+            if self._lister is not None:
+                self._lister.cancel()
+                await asyncio.gather(self._lister, return_exceptions=True)
+            self._queue.clear()
         for rendition in self.renditions.values():
+            if self.recording and rendition.archive:
+                rendition.playlist = _vod_playlist(rendition)
             if rendition.playlist.segments and not rendition.playlist.ended:
                 rendition.playlist.ended = True
                 await self.storage.publish_playlist(
                     self._path(media_playlist_path(rendition.name)), rendition.playlist.render()
                 )
+        if self.recording:
+            await self._maybe_write_master(force=True)  # final average bitrates
+            if self._side_uploads:
+                await asyncio.wait(list(self._side_uploads), timeout=self.drain_timeout)
+            await self.storage.flush(self.drain_timeout)
+
+    def recording_summary(self) -> RecordingSummary | None:
+        """The VOD this stream left (None: not recording or nothing listed)."""
+        names = [n for n in self.ladder or list(self.renditions) if n in self.renditions]
+        if not self.recording or not names or not self.renditions[names[0]].archive:
+            return None
+        first = self.renditions[names[0]].archive
+        return RecordingSummary(
+            renditions=names,
+            duration_ms=round(sum(entry.duration for entry in first) * 1000),
+            segments=len(first),
+            size_bytes=sum(self.renditions[n].size_bytes for n in names),
+            thumbnail=self.thumbnail,
+        )
+
+
+def _vod_playlist(rendition: _Rendition) -> MediaPlaylist:
+    """Every segment the rendition listed, as a VOD playlist (PLAYLIST-TYPE:VOD)."""
+    playlist = MediaPlaylist(
+        target_duration=rendition.playlist.target_duration, window=VOD_WINDOW, vod=True
+    )
+    for entry in rendition.archive:
+        playlist.add(entry)
+    return playlist
 
 
 def _relative_to_rendition(path: str | None, rendition: str) -> str | None:

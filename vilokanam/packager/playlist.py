@@ -36,6 +36,8 @@ class MediaPlaylist:
     segments: deque[SegmentEntry] = field(default_factory=deque)
     discontinuity_sequence: int = 0
     ended: bool = False
+    vod: bool = False
+    """A finished recording: ``#EXT-X-PLAYLIST-TYPE:VOD`` (players may seek anywhere)."""
     _max_duration: float = 0.0
 
     def add(self, entry: SegmentEntry) -> list[SegmentEntry]:
@@ -67,6 +69,8 @@ class MediaPlaylist:
         playlist.version = HLS_VERSION
         playlist.target_duration = self.declared_target_duration
         playlist.media_sequence = self.media_sequence
+        if self.vod:
+            playlist.playlist_type = "vod"
         if self.discontinuity_sequence:
             playlist.discontinuity_sequence = self.discontinuity_sequence
         for entry in self.segments:
