@@ -82,6 +82,11 @@ def test_env_ladder_as_json() -> None:
         ({"VILOKANAM_PUBLISH_HOOK_URL": "localhost:9000/auth"}, "publish_hook.url"),
         ({"VILOKANAM_API_TOKEN": "short"}, "api.token: Value error, must be at least 16"),
         ({"VILOKANAM_LOG_FORMAT": "xml"}, "log_format: Input should be 'text' or 'json'"),
+        ({"VILOKANAM_STORAGE": "gcs"}, "storage: Input should be 'local' or 's3'"),
+        ({"VILOKANAM_STORAGE": "s3"}, 'storage = "s3" needs s3.bucket'),
+        ({"VILOKANAM_S3_ENDPOINT_URL": "minio:9000"}, "s3.endpoint_url: Value error, must be"),
+        ({"VILOKANAM_S3_UPLOAD_CONCURRENCY": "0"}, "s3.upload_concurrency"),
+        ({"VILOKANAM_RECORDING_RETENTION_DAYS": "-1"}, "recording.retention_days"),
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], expected: str) -> None:
@@ -112,3 +117,21 @@ def test_sections_with_underscores_take_env_overrides() -> None:
     assert settings.publish_hook.timeout == 1.5
     [endpoint] = settings.webhooks.endpoints
     assert endpoint.url == "https://hooks.example/v" and "stream.ended" in endpoint.events
+
+
+def test_s3_settings_from_the_environment() -> None:
+    settings = load_settings(
+        environ={
+            "VILOKANAM_STORAGE": "s3",
+            "VILOKANAM_S3_BUCKET": "media",
+            "VILOKANAM_S3_PREFIX": "/live/vk/",
+            "VILOKANAM_S3_ENDPOINT_URL": "http://127.0.0.1:9000/",
+            "VILOKANAM_S3_PUBLIC_BASE_URL": "https://cdn.example.com/",
+            "VILOKANAM_RECORDING_ENABLED": "true",
+        }
+    )
+    assert settings.storage == "s3" and settings.s3.bucket == "media"
+    assert settings.s3.prefix == "live/vk/", "one trailing slash, none leading"
+    assert settings.s3.endpoint_url == "http://127.0.0.1:9000"
+    assert settings.s3.public_base_url == "https://cdn.example.com"
+    assert settings.recording.enabled is True
