@@ -29,6 +29,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/transcode.py
 	$(BIN)/python bench/billing.py
 	$(BIN)/python bench/billing_origin.py
+	$(BIN)/python bench/origin.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
