@@ -15,7 +15,7 @@ import pytest
 
 from vilokanam.config import Settings
 
-pytest_plugins = ["tests.postgres", "tests.chain"]
+pytest_plugins = ["tests.postgres", "tests.chain", "tests.s3"]
 
 REQUIRE_ALL = os.environ.get("VILOKANAM_REQUIRE_ALL") == "1"
 

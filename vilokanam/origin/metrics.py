@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -126,6 +126,69 @@ class StreamCollector(Collector):
         yield from (bitrate, ingested, viewers, uptime, dropped, fps, speed, bandwidth, latency)
 
 
+STORAGE_FIGURES = (
+    "uploads_ok",
+    "upload_retries",
+    "uploads_dropped",
+    "deletes",
+    "spool_bytes",
+    "spool_files",
+    "upload_seconds_avg",
+    "slow_uploads",
+)
+"""What a remote storage backend (S3) exposes; local storage has none of it."""
+
+
+class StorageCollector(Collector):
+    """Uploads to remote storage (S3), read at scrape time from the backend's own counters."""
+
+    def __init__(self, storage: object) -> None:
+        self.storage = storage
+
+    def collect(self) -> Iterator[Metric]:
+        s: Any = self.storage
+        yield CounterMetricFamily(
+            "vilokanam_storage_uploads",
+            "Segments (and init segments, thumbnails) uploaded to remote storage.",
+            value=s.uploads_ok,
+        )
+        yield CounterMetricFamily(
+            "vilokanam_storage_upload_retries",
+            "Failed remote puts that were retried (segments and playlists).",
+            value=s.upload_retries,
+        )
+        yield CounterMetricFamily(
+            "vilokanam_storage_dropped",
+            "Segments given up because the upload spool was full (remote storage down).",
+            value=s.uploads_dropped,
+        )
+        yield CounterMetricFamily(
+            "vilokanam_storage_deletes",
+            "Objects deleted from remote storage.",
+            value=s.deletes,
+        )
+        yield GaugeMetricFamily(
+            "vilokanam_storage_spool_bytes",
+            "Bytes of segments on local disk waiting for their upload.",
+            value=s.spool_bytes,
+        )
+        yield GaugeMetricFamily(
+            "vilokanam_storage_spool_files",
+            "Segments on local disk waiting for their upload.",
+            value=s.spool_files,
+        )
+        yield GaugeMetricFamily(
+            "vilokanam_storage_upload_seconds_avg",
+            "Moving average of the seconds one segment upload takes.",
+            value=s.upload_seconds_avg,
+        )
+        yield GaugeMetricFamily(
+            "vilokanam_storage_upload_slow",
+            "1 while uploads take over 90% of a segment's duration (players fall behind).",
+            value=float(bool(s.slow_uploads)),
+        )
+
+
 class WebhookCollector(Collector):
     """``vilokanam_webhook_deliveries_total{outcome}`` from a callable returning counts."""
 
@@ -171,6 +234,9 @@ class ServerMetrics:
         self._duration_children: dict[str, Histogram] = {}
         if manager is not None:
             self.registry.register(StreamCollector(manager, viewers))
+            storage = getattr(manager, "storage", None)
+            if all(hasattr(storage, name) for name in STORAGE_FIGURES):
+                self.registry.register(StorageCollector(storage))
 
     def track_webhook_deliveries(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Expose webhook outcomes (``{"delivered": 3, "failed": 1}``) read at scrape time."""

@@ -1,0 +1,398 @@
+"""S3Storage against moto's S3 API over HTTP, with a proxy to take S3 away."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.s3 import Bucket, PausableProxy
+from vilokanam.config.settings import S3Settings
+from vilokanam.origin.metrics import ServerMetrics
+from vilokanam.origin.s3 import S3Storage, backoff
+from vilokanam.origin.storage import (
+    PLAYLIST_CACHE,
+    SEGMENT_CACHE,
+    THUMBNAIL_CACHE,
+    SegmentDropped,
+)
+
+MIB = 1024 * 1024
+FAST_RETRY = {"retry_initial": 0.05, "retry_max": 0.2, "timeout": 2}
+
+Factory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_storage(tmp_path: Path, s3_bucket: Bucket) -> AsyncIterator[Factory]:
+    """``await make_storage(endpoint=..., **settings)``: a started S3Storage, closed after."""
+    made: list[S3Storage] = []
+
+    async def make(endpoint: str | None = None, **overrides: Any) -> S3Storage:
+        values = {"bucket": s3_bucket.name, "endpoint_url": endpoint or s3_bucket.endpoint}
+        values["addressing_style"] = "path"
+        storage = S3Storage(tmp_path / "media", S3Settings(**(values | FAST_RETRY | overrides)))
+        await storage.start()
+        made.append(storage)
+        return storage
+
+    yield make
+    for storage in made:
+        await storage.close(0)
+
+
+def write(storage: S3Storage, relpath: str, data: bytes | int = 1000) -> bytes:
+    body = data if isinstance(data, bytes) else bytes(range(256)) * (data // 256 + 1)
+    body = body[: len(body) if isinstance(data, bytes) else data]
+    path = storage.root / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    return body
+
+
+def playlist(*segments: str) -> str:
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-TARGETDURATION:2"]
+    for name in segments:
+        lines += ["#EXTINF:2.0,", name]
+    return "\n".join(lines) + "\n"
+
+
+def body_of(params: dict[str, Any]) -> bytes:
+    """A put's body as botocore holds it at ``before-call`` (bytes become a BytesIO)."""
+    body = params["body"]
+    return body if isinstance(body, bytes) else body.getvalue()
+
+
+def hook(storage: S3Storage, event: str, handler: Callable[..., None]) -> None:
+    """Run ``handler(**kwargs)`` in the upload thread at a botocore event of the storage."""
+    storage.client.meta.events.register(event, handler)
+
+
+async def test_objects_carry_type_and_cache_headers(make_storage, s3_bucket: Bucket) -> None:
+    storage = await make_storage(prefix="/vk/", public_base_url="https://cdn.example/")
+    files = {
+        "streams/1/720p/s1-seg-0.m4s": ("video/iso.segment", SEGMENT_CACHE),
+        "streams/1/720p/s1-init-0.mp4": ("video/mp4", SEGMENT_CACHE),
+        "streams/1/ts/s1-seg-0.ts": ("video/mp2t", SEGMENT_CACHE),
+        "streams/1/thumbnail.jpg": ("image/jpeg", THUMBNAIL_CACHE),
+    }
+    bodies = {relpath: write(storage, relpath, 5000) for relpath in files}
+    await asyncio.gather(*(storage.publish_segment(relpath) for relpath in files))
+    await storage.publish_playlist("streams/1/720p/index.m3u8", playlist("s1-seg-0.m4s"))
+    assert (storage.root / "streams/1/720p/index.m3u8").read_text() == playlist("s1-seg-0.m4s")
+    assert await storage.flush(10)
+
+    files["streams/1/720p/index.m3u8"] = ("application/vnd.apple.mpegurl", PLAYLIST_CACHE)
+    for relpath, (kind, cache) in files.items():
+        head = s3_bucket.head(f"vk/{relpath}")
+        assert head is not None, relpath
+        assert (head["ContentType"], head["CacheControl"]) == (kind, cache), relpath
+        if relpath in bodies:
+            assert s3_bucket.get(f"vk/{relpath}") == bodies[relpath]
+    assert storage.uploads_ok == 4 and storage.spool_bytes == 0 and storage.spool_files == 0
+    assert storage.public_url("streams/1/master.m3u8") == (
+        "https://cdn.example/vk/streams/1/master.m3u8"
+    )
+
+
+async def test_public_url_is_none_without_a_base(make_storage) -> None:
+    storage = await make_storage()
+    assert storage.public_url("streams/1/master.m3u8") is None
+    assert storage.key("streams/1/x.m4s") == "streams/1/x.m4s"
+
+
+async def test_missing_segment_file_is_an_error(make_storage) -> None:
+    storage = await make_storage()
+    with pytest.raises(FileNotFoundError):
+        await storage.publish_segment("streams/1/720p/never-written.m4s")
+
+
+async def test_playlist_versions_coalesce_to_the_newest(make_storage, s3_bucket: Bucket) -> None:
+    storage = await make_storage()
+    sent: list[str] = []
+    first_put = threading.Event()
+    release = threading.Event()
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        sent.append(body_of(params).decode())
+        first_put.set()
+        release.wait(10)  # the first put stays in flight while more versions arrive
+
+    hook(storage, "before-call.s3.PutObject", record)
+    versions = [playlist(*(f"seg-{n}.m4s" for n in range(k))) for k in range(1, 11)]
+    await storage.publish_playlist("streams/2/index.m3u8", versions[0])
+    assert await asyncio.to_thread(first_put.wait, 5)
+    started = time.monotonic()
+    for text in versions[1:]:
+        await storage.publish_playlist("streams/2/index.m3u8", text)
+    assert time.monotonic() - started < 1.0, "publish_playlist does not wait for S3"
+    assert (storage.root / "streams/2/index.m3u8").read_text() == versions[-1]
+    release.set()
+    assert await storage.flush(10)
+    assert sent == [versions[0], versions[-1]], "in-flight one, then only the newest"
+    assert s3_bucket.get("streams/2/index.m3u8").decode() == versions[-1]
+
+
+async def test_a_playlist_never_reaches_s3_before_its_segments(
+    make_storage, s3_bucket: Bucket
+) -> None:
+    """The packager's pattern: segments of sequence n+1 upload while playlist n is put."""
+    storage = await make_storage(upload_concurrency=4)
+    missing: list[str] = []
+    checked: list[int] = []
+
+    def check(params: dict[str, Any], **_: Any) -> None:
+        url = params["url"]
+        if not url.endswith(".m3u8"):
+            return
+        folder = url.split(f"/{s3_bucket.name}/", 1)[1].rsplit("/", 1)[0]
+        names = [line for line in body_of(params).decode().splitlines() if line.endswith(".m4s")]
+        checked.append(len(names))
+        missing.extend(n for n in names if s3_bucket.head(f"{folder}/{n}") is None)
+
+    hook(storage, "before-call.s3.PutObject", check)
+    renditions = ("720p", "360p", "source")
+    listed: dict[str, list[str]] = {name: [] for name in renditions}
+
+    async def publish_sequence(n: int) -> None:
+        names = {r: f"s3-seg-{n}.m4s" for r in renditions}
+        for r in renditions:
+            write(storage, f"streams/3/{r}/{names[r]}", 150_000)
+        await asyncio.gather(
+            *(storage.publish_segment(f"streams/3/{r}/{names[r]}") for r in renditions)
+        )
+        for r in renditions:
+            listed[r].append(names[r])
+            await storage.publish_playlist(f"streams/3/{r}/index.m3u8", playlist(*listed[r]))
+
+    previous: asyncio.Task[None] | None = None
+    for n in range(12):
+        task = asyncio.create_task(publish_sequence(n))
+        if previous is not None:
+            await previous
+        previous = task
+    assert previous is not None
+    await previous
+    assert await storage.flush(10)
+    assert checked, "playlist puts were observed"
+    assert missing == []
+    for r in renditions:
+        assert s3_bucket.get(f"streams/3/{r}/index.m3u8").decode() == playlist(*listed[r])
+
+
+async def test_delete_goes_in_batches_of_1000_keys(make_storage, s3_bucket: Bucket) -> None:
+    storage = await make_storage(prefix="p")
+    calls: list[int] = []
+    hook(
+        storage,
+        "before-call.s3.DeleteObjects",
+        lambda params, **_: calls.append(params["body"].count(b"<Key>")),
+    )
+    relpaths = [f"streams/4/720p/seg-{n}.m4s" for n in range(2500)]
+    kept = "streams/4/720p/kept.m4s"
+    for relpath in (relpaths[0], relpaths[1500], relpaths[-1], kept):
+        write(storage, relpath, 100)
+        await storage.publish_segment(relpath)
+    await storage.delete(relpaths)
+    assert not (storage.root / relpaths[0]).exists(), "local copy removed at once"
+    assert await storage.flush(20)
+    assert calls == [1000, 1000, 500]
+    assert s3_bucket.keys("p/") == [f"p/{kept}"]
+    assert storage.deletes == 2500
+
+
+async def test_delete_waits_for_playlist_puts_queued_before_it(
+    make_storage, s3_bucket: Bucket, s3_proxy: PausableProxy
+) -> None:
+    storage = await make_storage(endpoint=s3_proxy.endpoint)
+    order: list[str] = []
+    hook(storage, "after-call.s3.PutObject", lambda **kw: order.append("put"))
+    hook(storage, "before-call.s3.DeleteObjects", lambda **kw: order.append("delete"))
+    for n in range(3):
+        write(storage, f"streams/5/seg-{n}.m4s", 1000)
+        await storage.publish_segment(f"streams/5/seg-{n}.m4s")
+    order.clear()
+    s3_proxy.pause()
+    await storage.publish_playlist("streams/5/index.m3u8", playlist("seg-1.m4s", "seg-2.m4s"))
+    await asyncio.wait_for(storage.delete(["streams/5/seg-0.m4s"]), 1.0)  # does not wait for S3
+    await asyncio.sleep(0.5)
+    assert order == [], "nothing reaches S3 while it is away"
+    s3_proxy.resume()
+    assert await storage.flush(10)
+    assert order == ["put", "delete"]
+    assert s3_bucket.keys("streams/5/") == [
+        "streams/5/index.m3u8",
+        "streams/5/seg-1.m4s",
+        "streams/5/seg-2.m4s",
+    ]
+
+
+async def test_an_outage_makes_uploads_wait_then_complete(
+    make_storage, s3_bucket: Bucket, s3_proxy: PausableProxy
+) -> None:
+    storage = await make_storage(endpoint=s3_proxy.endpoint)
+    write(storage, "streams/6/seg-0.m4s", 2000)
+    await storage.publish_segment("streams/6/seg-0.m4s")  # the client's connection is open
+    s3_proxy.pause()
+    bodies = {
+        f"streams/6/seg-{n}.m4s": write(storage, f"streams/6/seg-{n}.m4s", 200_000)
+        for n in range(1, 6)
+    }
+    uploads = [asyncio.create_task(storage.publish_segment(relpath)) for relpath in bodies]
+    await storage.publish_playlist("streams/6/index.m3u8", playlist("seg-0.m4s"))
+    await asyncio.sleep(1.5)
+    assert not any(task.done() for task in uploads), "publish_segment waits out the outage"
+    assert storage.upload_retries > 0
+    assert storage.spool_files == 5 and storage.spool_bytes == 5 * 200_000
+    assert s3_bucket.keys("streams/6/") == ["streams/6/seg-0.m4s"]
+    s3_proxy.resume()
+    await asyncio.wait_for(asyncio.gather(*uploads), 10)
+    assert await storage.flush(5)
+    for relpath, body in bodies.items():
+        assert s3_bucket.get(relpath) == body
+    assert s3_bucket.get("streams/6/index.m3u8").decode() == playlist("seg-0.m4s")
+    assert storage.uploads_ok == 6 and storage.uploads_dropped == 0 and storage.spool_bytes == 0
+
+
+async def test_a_full_spool_gives_up_the_oldest_segments(
+    make_storage, s3_bucket: Bucket, s3_proxy: PausableProxy, caplog
+) -> None:
+    storage = await make_storage(endpoint=s3_proxy.endpoint, spool_max_mb=16)
+    s3_proxy.pause()
+    write(storage, "streams/7/init-0.mp4", 6 * MIB)
+    init = asyncio.create_task(storage.publish_segment("streams/7/init-0.mp4"))
+    segments = [f"streams/7/seg-{n}.m4s" for n in range(4)]
+    uploads = []
+    for relpath in segments:
+        write(storage, relpath, 4 * MIB)
+        uploads.append(asyncio.create_task(storage.publish_segment(relpath)))
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    # 6 + 4 * 4 MiB > 16 MiB: the oldest segments go; the init segment (never dropped) stays.
+    assert [task.done() for task in uploads] == [True, True, False, False]
+    for task in uploads[:2]:
+        with pytest.raises(SegmentDropped):
+            task.result()
+    assert storage.uploads_dropped == 2
+    assert storage.spool_bytes == 14 * MIB and storage.spool_files == 3
+    assert not (storage.root / segments[0]).exists(), "a dropped segment leaves the disk too"
+    assert sum("S3 spool full" in r.message for r in caplog.records if r.levelname == "ERROR") == 2
+    s3_proxy.resume()
+    await asyncio.wait_for(asyncio.gather(init, *uploads[2:]), 20)
+    assert s3_bucket.keys("streams/7/") == sorted(["streams/7/init-0.mp4", *segments[2:]])
+    assert storage.uploads_dropped == 2 and storage.spool_bytes == 0
+
+
+async def test_release_local_keeps_files_until_they_are_uploaded(
+    make_storage, s3_bucket: Bucket, s3_proxy: PausableProxy
+) -> None:
+    storage = await make_storage(endpoint=s3_proxy.endpoint)
+    done, waiting, unknown = (f"streams/8/{name}.m4s" for name in ("done", "waiting", "unknown"))
+    for relpath in (done, waiting, unknown):
+        write(storage, relpath, 1000)
+    await storage.publish_segment(done)
+    s3_proxy.pause()
+    upload = asyncio.create_task(storage.publish_segment(waiting))
+    while storage.spool_files == 0:
+        await asyncio.sleep(0.01)
+    release = asyncio.create_task(storage.release_local([done, waiting, unknown]))
+    await asyncio.sleep(0.5)
+    assert not release.done(), "release_local waits for the pending upload"
+    assert (storage.root / waiting).exists()
+    s3_proxy.resume()
+    await asyncio.wait_for(asyncio.gather(upload, release), 10)
+    assert not (storage.root / done).exists() and not (storage.root / waiting).exists()
+    assert (storage.root / unknown).exists(), "a file never uploaded is not released"
+    assert s3_bucket.keys("streams/8/") == [done, waiting]
+
+
+async def test_delete_prefix_removes_a_vod_remotely_and_locally(
+    make_storage, s3_bucket: Bucket
+) -> None:
+    storage = await make_storage(prefix="vk")
+    for relpath in ("streams/9/a/1.m4s", "streams/9/a/2.m4s", "streams/9/b/1.m4s"):
+        write(storage, relpath, 100)
+        await storage.publish_segment(relpath)
+    await storage.publish_playlist("streams/9/a/index.m3u8", playlist("1.m4s", "2.m4s"))
+    write(storage, "streams/9/local-only.jpg", 100)
+    write(storage, "streams/90/keep.m4s", 100)
+    await storage.publish_segment("streams/90/keep.m4s")
+    assert await storage.delete_prefix("streams/9") == 5
+    assert s3_bucket.keys("vk/") == ["vk/streams/90/keep.m4s"]
+    assert not (storage.root / "streams/9").exists()
+    assert (storage.root / "streams/90/keep.m4s").exists()
+    for unsafe in ("", "..", "streams/../..", "/etc"):
+        with pytest.raises(ValueError):
+            await storage.delete_prefix(unsafe)
+
+
+async def test_flush_and_close_report_what_s3_did_not_get(
+    make_storage, s3_proxy: PausableProxy, caplog
+) -> None:
+    storage = await make_storage(endpoint=s3_proxy.endpoint)
+    assert await storage.flush(0)
+    s3_proxy.pause()
+    write(storage, "streams/10/seg-0.m4s", 3000)
+    upload = asyncio.create_task(storage.publish_segment("streams/10/seg-0.m4s"))
+    await storage.publish_playlist("streams/10/index.m3u8", playlist("seg-0.m4s"))
+    assert not await storage.flush(0.3)
+    caplog.set_level(logging.WARNING, logger="vilokanam.origin.s3")
+    await storage.close(0.2)
+    with pytest.raises(SegmentDropped):
+        await upload
+    assert (storage.root / "streams/10/seg-0.m4s").exists(), "left on disk"
+    closing = [r.getMessage() for r in caplog.records if "closed with" in r.getMessage()]
+    assert closing and "1 segment(s) (3000 bytes) not uploaded" in closing[0]
+    assert "1 playlist(s) not written" in closing[0]
+
+
+async def test_slow_uploads_are_reported(make_storage, caplog) -> None:
+    storage = await make_storage()
+    storage.expected_segment_seconds = 0.2
+    hook(storage, "before-call.s3.PutObject", lambda **kw: time.sleep(0.2))
+    write(storage, "streams/11/seg-0.m4s", 1000)
+    await storage.publish_segment("streams/11/seg-0.m4s")
+    assert storage.upload_seconds_avg >= 0.2
+    assert storage.slow_uploads and storage.slow(0.2) and not storage.slow(10.0)
+    assert any("players fall behind live" in r.getMessage() for r in caplog.records)
+
+
+def test_backoff_doubles_up_to_the_maximum_with_jitter() -> None:
+    delays = [backoff(n, 0.5, 10.0) for n in range(1, 9)]
+    ceilings = [0.5, 1, 2, 4, 8, 10, 10, 10]
+    for delay, ceiling in zip(delays, ceilings, strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+
+
+def test_metrics_expose_the_storage_figures(tmp_path: Path) -> None:
+    storage = S3Storage(tmp_path, S3Settings(bucket="metrics-bucket"))
+    storage.uploads_ok, storage.upload_retries, storage.uploads_dropped = 7, 3, 1
+    storage.spool_bytes, storage.deletes, storage.upload_seconds_avg = 4096, 5, 1.95
+
+    class Manager:
+        def __init__(self, storage: object) -> None:
+            self.storage = storage
+
+        def live_streams(self) -> list[object]:
+            return []
+
+    text = ServerMetrics(Manager(storage)).render().decode()  # type: ignore[arg-type]
+    for line in (
+        "vilokanam_storage_uploads_total 7.0",
+        "vilokanam_storage_upload_retries_total 3.0",
+        "vilokanam_storage_dropped_total 1.0",
+        "vilokanam_storage_deletes_total 5.0",
+        "vilokanam_storage_spool_bytes 4096.0",
+        "vilokanam_storage_spool_files 0.0",
+        "vilokanam_storage_upload_seconds_avg 1.95",
+        "vilokanam_storage_upload_slow 1.0",
+    ):
+        assert line in text, line
+    local = ServerMetrics(Manager(object())).render().decode()  # type: ignore[arg-type]
+    assert "vilokanam_storage" not in local
