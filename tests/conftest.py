@@ -15,7 +15,7 @@ import pytest
 
 from vilokanam.config import Settings
 
-pytest_plugins = ["tests.postgres", "tests.chain", "tests.s3"]
+pytest_plugins = ["tests.postgres", "tests.chain", "tests.s3", "tests.nginx"]
 
 REQUIRE_ALL = os.environ.get("VILOKANAM_REQUIRE_ALL") == "1"
 

@@ -164,3 +164,23 @@ async def test_recording_keeps_every_segment_and_ends_as_a_vod(tmp_path: Path) -
     summary = packager.recording_summary()
     assert summary is not None
     assert (summary.segments, summary.duration_ms, summary.size_bytes) == (8, 16_000, 8000)
+
+
+async def test_segments_waiting_for_upload_keep_their_own_init_segment(tmp_path: Path) -> None:
+    """A new worker's init segment arriving while older segments still upload (S3 slow, the
+    publisher reconnected) must not be named by those older segments."""
+    storage = _SlowStorage(tmp_path)
+    packager = LivePackager("s", storage, segment_duration=2, window=6, delete_margin=2)
+    await packager.handle({"type": "ladder", "renditions": ["source"]})
+    await packager.handle(_rendition("source", 0, tmp_path))
+    await packager.handle(_segment(tmp_path, "source", 0, 0.0))
+    await packager.end_epoch()
+    packager.start_epoch(1, media_start=0.0)
+    await packager.handle(_rendition("source", 1, tmp_path))
+    await packager.handle(_segment(tmp_path, "source", 1, 0.0))
+    for name in ("init-0.mp4", "seg-0.m4s", "init-1.mp4", "seg-1.m4s"):
+        storage.release.setdefault(f"s/source/{name}", asyncio.Event()).set()
+    assert await packager.wait_listed(2)
+    playlist = _playlist(tmp_path, "source")
+    assert [s.init_section.uri for s in playlist.segments] == ["init-0.mp4", "init-1.mp4"]
+    assert [s.discontinuity for s in playlist.segments] == [False, True]

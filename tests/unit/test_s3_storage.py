@@ -207,6 +207,21 @@ async def test_delete_goes_in_batches_of_1000_keys(make_storage, s3_bucket: Buck
     assert storage.deletes == 2500
 
 
+async def test_a_delete_s3_refuses_for_good_is_given_up_not_retried_forever(
+    make_storage, s3_bucket: Bucket, caplog
+) -> None:
+    storage = await make_storage()
+    relpath = "streams/5/720p/seg-0.m4s"
+    write(storage, relpath, 100)
+    await storage.publish_segment(relpath)
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key=relpath)
+    s3_bucket.client.delete_bucket(Bucket=s3_bucket.name)  # NoSuchBucket: a 404
+    with caplog.at_level(logging.ERROR, logger="vilokanam.origin.s3"):
+        await storage.delete([relpath])
+        assert await storage.flush(5), "later deletes and flushes are not blocked"
+    assert "refused to delete" in caplog.text
+
+
 async def test_delete_waits_for_playlist_puts_queued_before_it(
     make_storage, s3_bucket: Bucket, s3_proxy: PausableProxy
 ) -> None:

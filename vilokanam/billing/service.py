@@ -157,9 +157,16 @@ class BillingService:
 
     # -- hot path ---------------------------------------------------------------------------
     def note_fetch(
-        self, viewer_id: int, channel: Channel, session_id: int, sequence: int, duration: float
+        self,
+        viewer_id: int,
+        channel: Channel,
+        session_id: int,
+        sequence: int,
+        duration: float,
+        at: float | None = None,
     ) -> None:
-        """One valid segment fetch. O(1), no I/O; a free channel is not tracked at all."""
+        """One valid segment fetch at ``at`` (wall seconds; None: now, a CDN log line: its time).
+        O(1), no I/O; a free channel is not tracked at all."""
         price = channel.price_per_second
         if price <= 0:
             return
@@ -171,13 +178,17 @@ class BillingService:
             viewer = self._viewers[viewer_id] = _Viewer()
         if session_id not in viewer.sessions:
             viewer.sessions[session_id] = _Figures(channel.id)
-        self.tracker.note(Fetch(viewer_id, session_id, sequence, duration, self._clock()))
+        when = self._clock() if at is None else at
+        self.tracker.note(Fetch(viewer_id, session_id, sequence, duration, when))
 
-    def note_watching(self, viewer_id: int, channel: Channel, session_id: int) -> None:
-        """A playlist fetch: the viewer is still watching, so content it fetched ahead of the
-        wall-clock cap is credited as far as time now allows. O(1), no I/O."""
+    def note_watching(
+        self, viewer_id: int, channel: Channel, session_id: int, at: float | None = None
+    ) -> None:
+        """A playlist fetch (at ``at``; None: now): the viewer is still watching, so content it
+        fetched ahead of the wall-clock cap is credited as far as time then allows. O(1)."""
         if channel.price_per_second > 0:
-            self.tracker.release(viewer_id, session_id, self._clock())
+            when = self._clock() if at is None else at
+            self.tracker.release(viewer_id, session_id, when)
 
     def allowance(
         self, viewer_id: int, channel: Channel, session_id: int | None = None

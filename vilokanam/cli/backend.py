@@ -161,6 +161,19 @@ class RemoteBackend:
     def status(self) -> Json:
         return self.request("GET", "/status")
 
+    # -- VODs -------------------------------------------------------------------
+    def list_vods(self, channel: str | None = None) -> Json:
+        return self.request("GET", "/vods", query={"channel": channel})
+
+    def get_vod(self, vod_id: int) -> Json:
+        return self.request("GET", f"/vods/{vod_id}")
+
+    def delete_vod(self, vod_id: int) -> Json:
+        """Delete a VOD; returns it as it was (the API answers 204 with no body)."""
+        vod = self.get_vod(vod_id)
+        self.request("DELETE", f"/vods/{vod_id}")
+        return vod
+
     # -- billing ----------------------------------------------------------------
     def create_viewer(self, body: dict[str, Any]) -> Json:
         return self.request("POST", "/viewers", body)
@@ -191,6 +204,12 @@ class RemoteBackend:
 
     def settle(self) -> Json:
         return self.request("POST", "/billing/settle")
+
+    def cdn_cursor(self, source: str) -> Json:
+        return self.request("GET", "/billing/cdn-cursor", query={"source": source})
+
+    def cdn_fetches(self, batch: dict[str, Any]) -> Json:
+        return self.request("POST", "/billing/cdn-fetches", batch)
 
 
 def _quote(part: str) -> str:
@@ -302,6 +321,9 @@ class LocalBackend:
         server = self._server_if_running()
         if server is not None:
             return server.delete_channel(slug)
+        channel = self.store.get_channel(slug)  # its VODs' media first: rows go with it
+        for vod in self.vods.list(channel.slug):
+            self._delete_vod_offline(vod.id)
         return self._dump(self.service.delete(slug))
 
     def rotate_key(self, slug: str, kick: bool = False) -> Json:
@@ -337,6 +359,45 @@ class LocalBackend:
 
     def status(self) -> Json:
         return self._server_required().status()
+
+    # -- VODs -------------------------------------------------------------------
+    @property
+    def vods(self) -> Any:
+        from vilokanam.origin.api.service import VodService
+
+        return VodService(self.store, urls_for(self.settings))
+
+    def list_vods(self, channel: str | None = None) -> Json:
+        return self._dump(self.vods.list(channel))
+
+    def get_vod(self, vod_id: int) -> Json:
+        return self._dump(self.vods.get(vod_id))
+
+    def delete_vod(self, vod_id: int) -> Json:
+        """Through the running server when there is one (it stops serving the VOD at once),
+        else media and row directly, in whatever storage the config names (local or S3)."""
+        server = self._server_if_running()
+        if server is not None:
+            return server.delete_vod(vod_id)
+        vod = self.get_vod(vod_id)
+        self._delete_vod_offline(vod_id)
+        return vod
+
+    def _delete_vod_offline(self, vod_id: int) -> None:
+        import asyncio
+
+        from vilokanam.app import create_storage
+        from vilokanam.origin.vod import delete_vod
+
+        async def delete() -> None:
+            storage = create_storage(self.settings)
+            await storage.start()
+            try:
+                await delete_vod(self.store, storage, vod_id)
+            finally:
+                await storage.close(self.settings.s3.shutdown_grace)
+
+        asyncio.run(delete())
 
     # -- billing ----------------------------------------------------------------
     @property
@@ -402,6 +463,11 @@ class LocalBackend:
 
     def settle(self) -> Json:
         return self._server_required("Settlement").settle()
+
+    def ingest_server(self) -> RemoteBackend | None:
+        """The local server's API when it runs (CDN logs then feed its live billing and viewer
+        counts); None: ``billing ingest-logs`` bills in-process, on this database."""
+        return self._server_if_running()
 
 
 Backend = LocalBackend | RemoteBackend

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from vilokanam.cli import output
+from vilokanam.cli.cdnlogs import ingest_logs
 from vilokanam.cli.options import ConfigOption, JsonOption, ServerOption, TokenOption, backend
 from vilokanam.cli.runner import run
 
@@ -228,3 +229,6 @@ def settle(
             output.console.print(str(summary))
 
     run(lambda: output.show(backend(config, server, token).settle(), as_json, render))
+
+
+billing_app.command("ingest-logs")(ingest_logs)  # vilokanam/cli/cdnlogs.py

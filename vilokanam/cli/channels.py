@@ -23,6 +23,22 @@ PriceOption = Annotated[
     int | None,
     typer.Option("--price", help="Price per second watched, in planck (integer; 0 = free)."),
 ]
+RecordOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--record/--no-record",
+        help="Keep this channel's streams as VODs, or not (default: recording.enabled).",
+        show_default=False,
+    ),
+]
+RetentionOption = Annotated[
+    int | None,
+    typer.Option(
+        "--vod-retention-days",
+        help="Delete this channel's VODs after N days; 0 keeps them.",
+        show_default=False,
+    ),
+]
 LadderOption = Annotated[
     str | None,
     typer.Option(
@@ -62,6 +78,8 @@ def _show_channel(channel: dict[str, Any], heading: str | None = None) -> None:
             ("tags", channel["tags"]),
             ("price per second", f"{channel['price_per_second']} planck"),
             ("payout address", channel.get("payout_address") or "-"),
+            ("record", _override(channel.get("record"))),
+            ("VOD retention", _retention(channel.get("vod_retention_days"))),
             ("ladder", rungs or "server default"),
             ("stream key", "active" if channel["key_active"] else "revoked"),
             ("key rotated", output.when(channel["key_rotated_at"])),
@@ -73,6 +91,16 @@ def _show_channel(channel: dict[str, Any], heading: str | None = None) -> None:
         ],
         heading,
     )
+
+
+def _override(value: bool | None) -> str:
+    return "server default" if value is None else ("yes" if value else "no")
+
+
+def _retention(days: int | None) -> str:
+    if days is None:
+        return "server default"
+    return "kept" if days == 0 else f"{days} days"
 
 
 def _show_key(info: dict[str, Any], heading: str) -> None:
@@ -94,6 +122,8 @@ def create(
     tag: TagOption = None,
     price: PriceOption = None,
     ladder: LadderOption = None,
+    record: RecordOption = None,
+    vod_retention_days: RetentionOption = None,
     config: ConfigOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
@@ -107,6 +137,8 @@ def create(
         ("tags", tag),
         ("price_per_second", price),
         ("ladder", _ladder(ladder)),
+        ("record", record),
+        ("vod_retention_days", vod_retention_days),
     ]:
         if value is not None:
             body[name] = value
@@ -176,12 +208,23 @@ def update(
         str | None,
         typer.Option("--payout-address", help="Creator's ss58 address that settlement pays."),
     ] = None,
+    record: RecordOption = None,
+    record_default: Annotated[
+        bool, typer.Option("--record-default", help="Follow the server's recording.enabled again.")
+    ] = False,
+    vod_retention_days: RetentionOption = None,
+    vod_retention_default: Annotated[
+        bool,
+        typer.Option(
+            "--vod-retention-default", help="Follow the server's recording.retention_days again."
+        ),
+    ] = False,
     config: ConfigOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a channel's title, category, tags, price, ladder or payout address."""
+    """Change a channel's title, category, tags, price, ladder, payout address or recording."""
     changes: dict[str, Any] = {}
     if title is not None:
         changes["title"] = title
@@ -195,10 +238,18 @@ def update(
         changes["ladder"] = None if clear_ladder else _ladder(ladder)
     if payout_address is not None:
         changes["payout_address"] = payout_address or None
+    if record is not None and record_default:
+        raise typer.BadParameter("give --record/--no-record or --record-default, not both")
+    if record is not None or record_default:
+        changes["record"] = record
+    if vod_retention_days is not None and vod_retention_default:
+        raise typer.BadParameter("give --vod-retention-days or --vod-retention-default, not both")
+    if vod_retention_days is not None or vod_retention_default:
+        changes["vod_retention_days"] = vod_retention_days
     if not changes:
         raise typer.BadParameter(
-            "nothing to change: give --title, --category, --tag, --price, --ladder "
-            "or --payout-address"
+            "nothing to change: give --title, --category, --tag, --price, --ladder, "
+            "--payout-address, --record/--no-record/--record-default or --vod-retention-days"
         )
 
     def act() -> None:

@@ -26,6 +26,7 @@ from vilokanam.cli.options import (
 from vilokanam.cli.output import err_console
 from vilokanam.cli.runner import run
 from vilokanam.cli.streams import history_app, stream_app
+from vilokanam.cli.vod import vod_app
 from vilokanam.config import ConfigError, Settings, load_settings
 from vilokanam.logs import setup_logging
 
@@ -36,6 +37,7 @@ db_app = typer.Typer(help="Database migrations.")
 app.add_typer(channel_app, name="channel")
 app.add_typer(stream_app, name="stream")
 app.add_typer(history_app, name="history")
+app.add_typer(vod_app, name="vod")
 app.add_typer(viewer_app, name="viewer")
 app.add_typer(billing_app, name="billing")
 app.add_typer(db_app, name="db")

@@ -37,6 +37,10 @@ class Urls:
     def watch_page(self, slug: str) -> str:
         return f"{self.http_base}/watch/{slug}"
 
+    def vod(self, stream_id: int, name: str = "master.m3u8") -> str:
+        """A recorded stream's file: its master playlist, or ``thumbnail.jpg``."""
+        return f"{self.http_base}/vod/{stream_id}/{name}"
+
 
 def urls_for(
     settings: Settings, rtmp_port: int | None = None, http_port: int | None = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import functools
 import logging
 import time
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 from vilokanam.config import Settings
 from vilokanam.ingest import flv
 from vilokanam.origin.storage import Storage
+from vilokanam.origin.vod import records, retention_days
 from vilokanam.packager.live import MASTER, LivePackager
 from vilokanam.packager.playlist import SegmentEntry
 from vilokanam.store import Channel, SessionNotFound, SessionState, Store
@@ -185,9 +185,7 @@ class LiveStream:
         self.durations_ms: list[int] = []
         """Every sequence's duration in ms (0: never finished), saved with the session."""
         self.end_reason = "publisher left"
-        self.recording = (
-            channel.record if channel.record is not None else self.settings.recording.enabled
-        )
+        self.recording = records(channel, self.settings)
         """Whether this session is kept as a VOD when it ends (decided once, at its start)."""
         self.packager = LivePackager(
             self.prefix,
@@ -197,6 +195,7 @@ class LiveStream:
             delete_margin=self.settings.hls.delete_margin,
             on_segment=self._on_segment,
             recording=self.recording,
+            drain_timeout=self.settings.s3.shutdown_grace if manager.storage.kind == "s3" else 30,
         )
         self.worker: WorkerProcess | None = None
         self.epoch = -1
@@ -293,6 +292,13 @@ class LiveStream:
             for old in sorted(self.segment_durations)[: len(self.segment_durations) // 2]:
                 del self.segment_durations[old]
 
+    def _forget_unlisted_durations(self) -> None:
+        """The next worker reuses the numbers of sequences the last one left unfinished."""
+        first_free = self.packager.next_sequence
+        for sequence in [s for s in self.segment_durations if s >= first_free]:
+            del self.segment_durations[sequence]
+        del self.durations_ms[first_free:]
+
     def segment_duration(self, sequence: int) -> float | None:
         """Seconds of content in media sequence ``sequence`` (None: unknown or long gone)."""
         return self.segment_durations.get(sequence)
@@ -303,6 +309,7 @@ class LiveStream:
             worker.kill()
             await worker.wait(timeout=5)
         await self.packager.end_epoch()
+        self._forget_unlisted_durations()
         self.restarts += 1
         self._need_keyframe = True
         if self.restarts > self.settings.transcode.max_restarts:
@@ -329,6 +336,7 @@ class LiveStream:
             await worker.close_input()
             code = await worker.wait()
             await self.packager.end_epoch()
+            self._forget_unlisted_durations()
             if code != 0 and not worker.ended_cleanly:
                 log.warning("%s: transcode worker exited with code %s", self.name, code)
             self._need_keyframe = True
@@ -428,7 +436,6 @@ class LiveStream:
         if summary is None:
             return
         channel = self.channel
-        days = channel.vod_retention_days
         await self._store_write(
             "the recording",
             functools.partial(
@@ -442,7 +449,7 @@ class LiveStream:
                 segments=summary.segments,
                 size_bytes=summary.size_bytes,
                 thumbnail=summary.thumbnail,
-                retention_days=days if days is not None else self.settings.recording.retention_days,
+                retention_days=retention_days(channel, self.settings),
             ),
         )
         log.info("%s: recorded as /vod/%d/%s", self.name, self.session_id, MASTER)
@@ -643,10 +650,11 @@ class StreamManager:
         return True
 
     async def shutdown(self) -> None:
-        for stream in list(self.streams.values()):
+        """End every stream at once (each waits at most its packager's drain time)."""
+        streams = list(self.streams.values())
+        for stream in streams:
             if stream.publisher is not None:
                 stream.publisher.kick("server shutting down")
                 stream.publisher = None
             stream.end_reason = "server shutdown"
-            with contextlib.suppress(Exception):
-                await stream.finish()
+        await asyncio.gather(*(stream.finish() for stream in streams), return_exceptions=True)

@@ -204,8 +204,9 @@ def with_token(uri: str, token: str) -> str:
     return f"{uri}{'&' if '?' in uri else '?'}token={token}"
 
 
-def sign_playlist(text: str, token: str) -> str:
-    """Every URI of a master or media playlist with ``token`` appended (lines and ``URI=``)."""
+def map_uris(text: str, change: Callable[[str], str]) -> str:
+    """Every URI of a master or media playlist (lines and ``URI=`` attributes) through
+    ``change``."""
     lines = text.split("\n")
     for index, raw in enumerate(lines):
         line = raw.rstrip("\r")
@@ -213,10 +214,15 @@ def sign_playlist(text: str, token: str) -> str:
             continue
         if line.startswith("#"):
             if 'URI="' in line:
-                lines[index] = _URI_ATTRIBUTE.sub(lambda m: f'URI="{with_token(m[1], token)}"', raw)
+                lines[index] = _URI_ATTRIBUTE.sub(lambda m: f'URI="{change(m[1])}"', raw)
         else:
-            lines[index] = with_token(line.strip(), token) + raw[len(line) :]
+            lines[index] = change(line.strip()) + raw[len(line) :]
     return "\n".join(lines)
+
+
+def sign_playlist(text: str, token: str) -> str:
+    """Every URI of a master or media playlist with ``token`` appended (lines and ``URI=``)."""
+    return map_uris(text, lambda uri: with_token(uri, token))
 
 
 class _BilledFile(web.FileResponse):

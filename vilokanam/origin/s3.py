@@ -558,6 +558,17 @@ class S3Storage:
                     Bucket=self.settings.bucket,
                     Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
                 )
+            except ClientError as exc:
+                if _refused_for_good(exc):  # retrying would block every later delete
+                    log.error(
+                        "S3 refused to delete %d object(s) (%s); they stay in the bucket",
+                        len(keys), exc,
+                    )  # fmt: skip
+                    return deleted
+                failures += 1
+                self._failed("delete", exc)
+                await asyncio.sleep(self._delay(failures))
+                continue
             except RETRYABLE as exc:
                 failures += 1
                 self._failed("delete", exc)
@@ -626,6 +637,14 @@ class S3Storage:
         paginator = self.client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.settings.bucket, Prefix=prefix)
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def _refused_for_good(exc: ClientError) -> bool:
+    """A 4xx that asking again will not change (access denied, not implemented by an
+    S3-compatible store), unlike throttling and timeouts."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    code = exc.response.get("Error", {}).get("Code", "")
+    return 400 <= status < 500 and status not in (408, 429) and code not in TRANSIENT_DELETE_ERRORS
 
 
 def _skip_expect_continue(request: Any, **_: Any) -> None:

@@ -12,7 +12,6 @@ nothing is deleted: at the end each media playlist becomes the whole stream as a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -68,6 +67,9 @@ class _Sequence:
     events: dict[str, dict[str, Any]]
     epoch: _Epoch
     uploads: list[asyncio.Future[None]]
+    init_uris: dict[str, str | None]
+    """Each rendition's init segment when the sequence was written (a later worker's init
+    segment may have arrived by the time it is listed)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ class LivePackager:
         one rendition only would shift that playlist's numbering against the others.
         """
         dropped = [
-            self._path(event["path"])
+            self.storage.root / self._path(event["path"])
             for events in self._pending.values()
             for event in events.values()
         ]
@@ -158,7 +160,9 @@ class LivePackager:
             log.warning(
                 "%s: dropping unfinished sequence(s) %s", self.prefix, sorted(self._pending)
             )
-            await self.storage.delete(dropped)
+            # Never published, so only the local files: a remote delete of the same key could
+            # land after the next worker's upload of that (reused) sequence number.
+            await asyncio.to_thread(lambda: [path.unlink(missing_ok=True) for path in dropped])
         self._pending.clear()
 
     async def handle(self, event: dict[str, Any]) -> None:
@@ -230,7 +234,10 @@ class LivePackager:
                 seconds=float(first["start"]) + float(first["duration"]) - epoch.media_start
             )
             self._pdt_end = max(self._pdt_end or end, end)  # known now, listed or not
-            self._queue.append(_Sequence(number, {n: events[n] for n in names}, epoch, uploads))
+            inits = {n: self.renditions[n].init_uri for n in names}
+            self._queue.append(
+                _Sequence(number, {n: events[n] for n in names}, epoch, uploads, inits)
+            )
         if self._queue and (self._lister is None or self._lister.done()):
             self._lister = asyncio.create_task(self._list_in_order(), name=f"{self.prefix}-list")
 
@@ -245,8 +252,9 @@ class LivePackager:
                 continue
             try:
                 gap, self._gap = self._gap, False
-                for event in item.events.values():
-                    await self._add_segment(event, item.epoch, after_gap=gap)
+                for name, event in item.events.items():
+                    init_uri = item.init_uris.get(name)
+                    await self._add_segment(event, item.epoch, init_uri, after_gap=gap)
                 await self._maybe_write_master()
                 if self.on_segment is not None:
                     await self.on_segment(item.number)
@@ -259,8 +267,10 @@ class LivePackager:
         self._gap = True
         how = "S3 spool full" if isinstance(reason, SegmentDropped) else repr(reason)
         log.error("%s: sequence %d left out of the playlists (%s)", self.prefix, item.number, how)
-        with contextlib.suppress(Exception):
+        try:
             await self.storage.delete([self._path(e["path"]) for e in item.events.values()])
+        except Exception as exc:
+            log.warning("%s: removing dropped sequence %d: %s", self.prefix, item.number, exc)
 
     async def wait_listed(self, timeout: float | None = None) -> bool:
         """Wait until every complete sequence is listed (or dropped); False on timeout."""
@@ -275,7 +285,12 @@ class LivePackager:
         return True
 
     async def _add_segment(
-        self, event: dict[str, Any], epoch: _Epoch, *, after_gap: bool = False
+        self,
+        event: dict[str, Any],
+        epoch: _Epoch,
+        init_uri: str | None,
+        *,
+        after_gap: bool = False,
     ) -> None:
         rendition = self._rendition(event["rendition"])
         sequence = int(event["sequence"])
@@ -285,7 +300,7 @@ class LivePackager:
             duration=float(event["duration"]),
             program_date_time=epoch.wallclock
             + timedelta(seconds=float(event["start"]) - epoch.media_start),
-            init_uri=rendition.init_uri,
+            init_uri=init_uri,
             discontinuity=after_gap
             or (
                 rendition.epoch_of_last_segment is not None
@@ -319,7 +334,9 @@ class LivePackager:
         if not doomed:
             return
         if self.recording:
-            await self.storage.release_local(doomed)
+            # Kept remotely; locally only while this origin is where players get them.
+            if self.storage.public_url(doomed[0]) is not None:
+                await self.storage.release_local(doomed)
         else:
             await self.storage.delete(doomed)
 
@@ -367,7 +384,12 @@ class LivePackager:
         then is left out (and logged), so an unreachable S3 cannot hold the channel forever.
         """
         self.ended = True
-        if not await self.wait_listed(self.drain_timeout):
+        deadline = asyncio.get_running_loop().time() + self.drain_timeout
+
+        def left() -> float:
+            return max(0.0, deadline - asyncio.get_running_loop().time())
+
+        if not await self.wait_listed(left()):
             log.error(
                 "%s: %d sequence(s) still not published after %.0f s; ending without them",
                 self.prefix,
@@ -389,8 +411,9 @@ class LivePackager:
         if self.recording:
             await self._maybe_write_master(force=True)  # final average bitrates
             if self._side_uploads:
-                await asyncio.wait(list(self._side_uploads), timeout=self.drain_timeout)
-            await self.storage.flush(self.drain_timeout)
+                await asyncio.wait(list(self._side_uploads), timeout=left())
+            if not await self.storage.flush(left()):
+                log.warning("%s: the VOD's playlists may not all be stored yet", self.prefix)
 
     def recording_summary(self) -> RecordingSummary | None:
         """The VOD this stream left (None: not recording or nothing listed)."""

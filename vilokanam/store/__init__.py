@@ -4,13 +4,14 @@ from vilokanam.store.errors import (
     ChannelExists,
     ChannelNotFound,
     InvalidField,
+    RecordingNotFound,
     SessionNotFound,
     StoreError,
     ViewerExists,
     ViewerNotFound,
 )
 from vilokanam.store.keys import SLUG_RULE, new_stream_key, valid_slug
-from vilokanam.store.models import Channel, SessionState, StreamSession, Viewer
+from vilokanam.store.models import Channel, Recording, SessionState, StreamSession, Viewer
 from vilokanam.store.store import UNSET, Store
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "ChannelExists",
     "ChannelNotFound",
     "InvalidField",
+    "Recording",
+    "RecordingNotFound",
     "SessionNotFound",
     "SessionState",
     "Store",

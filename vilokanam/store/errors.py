@@ -19,6 +19,10 @@ class SessionNotFound(StoreError):
     """No stream session with this id."""
 
 
+class RecordingNotFound(SessionNotFound):
+    """No recording (VOD) for this stream session id; a VOD's id is its session's id."""
+
+
 class ViewerExists(StoreError):
     """A viewer with this name (or deposit address) already exists."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -20,6 +20,7 @@ from vilokanam.store.errors import (
     ChannelExists,
     ChannelNotFound,
     InvalidField,
+    RecordingNotFound,
     SessionNotFound,
     StoreError,
     ViewerExists,
@@ -27,13 +28,21 @@ from vilokanam.store.errors import (
 )
 from vilokanam.store.keys import SLUG_RULE, hash_stream_key, key_matches, new_stream_key, valid_slug
 from vilokanam.store.migrate import upgrade
-from vilokanam.store.models import Channel, SessionState, StreamSession, Viewer, utcnow
+from vilokanam.store.models import (
+    Channel,
+    Recording,
+    SessionState,
+    StreamSession,
+    Viewer,
+    utcnow,
+)
 
 __all__ = [
     "UNSET",
     "ChannelExists",
     "ChannelNotFound",
     "InvalidField",
+    "RecordingNotFound",
     "SessionNotFound",
     "Store",
     "StoreError",
@@ -84,6 +93,8 @@ class Store:
         tags: Iterable[str] = (),
         price_per_second: int = 0,
         ladder: Iterable[Mapping[str, Any]] | None = None,
+        record: bool | None = None,
+        vod_retention_days: int | None = None,
     ) -> tuple[Channel, str]:
         """Create a channel; returns it with its stream key (the only time the key is shown)."""
         check.slug(slug)
@@ -95,6 +106,8 @@ class Store:
             tags=check.tags(tags),
             price_per_second=check.price(price_per_second),
             ladder=check.ladder(ladder),
+            record=check.record(record),
+            vod_retention_days=check.retention_days(vod_retention_days),
             stream_key_hash=hash_stream_key(key),
         )
         with self.session() as db:
@@ -131,9 +144,12 @@ class Store:
         price_per_second: int | None = None,
         ladder: Iterable[Mapping[str, Any]] | _Unset | None = UNSET,
         payout_address: str | _Unset | None = UNSET,
+        record: bool | _Unset | None = UNSET,
+        vod_retention_days: int | _Unset | None = UNSET,
     ) -> Channel:
         """Change only the fields given (``ladder=None`` clears the override, and
-        ``payout_address=None`` the payout address); bumps updated_at."""
+        ``payout_address=None`` the payout address; ``record=None`` and
+        ``vod_retention_days=None`` fall back to the server's settings); bumps updated_at."""
         changes: dict[str, Any] = {}
         if title is not None:
             changes["title"] = check.text("title", title, check.MAX_TITLE) or slug
@@ -147,6 +163,10 @@ class Store:
             changes["ladder"] = check.ladder(ladder)
         if payout_address is not UNSET:
             changes["payout_address"] = _address(payout_address, "payout_address")
+        if record is not UNSET:
+            changes["record"] = check.record(record)
+        if vod_retention_days is not UNSET:
+            changes["vod_retention_days"] = check.retention_days(vod_retention_days)
         with self.session() as db:
             channel = self._channel(db, slug)
             for name, value in changes.items():
@@ -321,6 +341,103 @@ class Store:
             db.commit()
         return len(open_sessions)
 
+    # -- recordings (VOD) -------------------------------------------------------
+    def save_recording(
+        self,
+        *,
+        session_id: int,
+        channel_id: int,
+        prefix: str,
+        storage: str,
+        renditions: Iterable[str],
+        duration_ms: int,
+        segments: int,
+        size_bytes: int,
+        thumbnail: bool,
+        retention_days: int,
+    ) -> Recording:
+        """Keep an ended stream as a VOD, or refresh its figures (idempotent by session: a
+        retried end writes the same row again and keeps its creation time). Expires
+        ``retention_days`` after creation (0: kept); the session points at its playlist."""
+        for attempt in (1, 2):
+            with self.session() as db:
+                stream = db.get(StreamSession, session_id)
+                if stream is None:
+                    raise SessionNotFound(f"no stream session {session_id}")
+                recording = db.get(Recording, session_id) or Recording(
+                    session_id=session_id, channel_id=channel_id, created_at=utcnow()
+                )
+                recording.channel_id = channel_id
+                recording.prefix = prefix
+                recording.storage = storage
+                recording.renditions = list(renditions)
+                recording.duration_ms = max(0, int(duration_ms))
+                recording.segments = max(0, int(segments))
+                recording.size_bytes = max(0, int(size_bytes))
+                recording.thumbnail = bool(thumbnail)
+                recording.expires_at = (
+                    recording.created_at + timedelta(days=retention_days)
+                    if retention_days > 0
+                    else None
+                )
+                stream.recording_location = f"/vod/{session_id}/master.m3u8"
+                db.add(recording)
+                db.add(stream)
+                try:
+                    db.commit()
+                except IntegrityError:
+                    if attempt == 2:
+                        raise
+                    continue  # a concurrent save inserted it first: update that row
+                db.refresh(recording)
+                return recording
+        raise AssertionError("unreachable")
+
+    def recordings(
+        self, channel_id: int | None = None
+    ) -> list[tuple[Recording, StreamSession, Channel]]:
+        """VODs with their session and channel, newest first."""
+        with self.session() as db:
+            query = _vod_rows()
+            if channel_id is not None:
+                query = query.where(Recording.channel_id == channel_id)
+            query = query.order_by(Recording.session_id.desc())  # type: ignore[attr-defined]
+            return [(recording, stream, channel) for recording, stream, channel in db.exec(query)]
+
+    def get_recording(self, session_id: int) -> tuple[Recording, StreamSession, Channel]:
+        """One VOD with its session and channel; :class:`RecordingNotFound` if there is none."""
+        with self.session() as db:
+            row = db.exec(_vod_rows().where(Recording.session_id == session_id)).first()
+        if row is None:
+            raise RecordingNotFound(f"no VOD {session_id} (see `vilokanam vod list`)")
+        return row[0], row[1], row[2]
+
+    def delete_recording(self, session_id: int) -> Recording:
+        """Forget a VOD (its media must be deleted first); the session stays in the history."""
+        with self.session() as db:
+            recording = db.get(Recording, session_id)
+            if recording is None:
+                raise RecordingNotFound(f"no VOD {session_id} (see `vilokanam vod list`)")
+            stream = db.get(StreamSession, session_id)
+            if stream is not None:
+                stream.recording_location = None
+                db.add(stream)
+            db.delete(recording)
+            db.commit()
+        return recording
+
+    def expired_recordings(self, now: datetime | None = None) -> list[Recording]:
+        """VODs whose ``expires_at`` is at or before ``now``, oldest expiry first."""
+        now = now or utcnow()
+        with self.session() as db:
+            query = (
+                select(Recording)
+                .where(Recording.expires_at != None)  # noqa: E711 - SQL IS NOT NULL
+                .where(Recording.expires_at <= now)  # type: ignore[operator]
+                .order_by(Recording.expires_at)  # type: ignore[arg-type]
+            )
+            return list(db.exec(query))
+
     # -- viewers ----------------------------------------------------------------
     def create_viewer(self, name: str, address: str | None = None) -> tuple[Viewer, str]:
         """Create a viewer; returns it with its API key (``vk_…``, the only time it is shown)."""
@@ -375,6 +492,15 @@ class Store:
     @staticmethod
     def _viewer_named(db: Session, name: str) -> Viewer | None:
         return db.exec(select(Viewer).where(Viewer.name == name)).first()
+
+
+def _vod_rows() -> Any:
+    """``SELECT recording, its session, its channel``."""
+    return (
+        select(Recording, StreamSession, Channel)
+        .join(StreamSession, Recording.session_id == StreamSession.id)  # type: ignore[arg-type]
+        .join(Channel, Recording.channel_id == Channel.id)  # type: ignore[arg-type]
+    )
 
 
 def _address(value: Any, field: str = "address") -> str | None:

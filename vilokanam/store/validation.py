@@ -16,6 +16,7 @@ MAX_CATEGORY = 64
 MAX_TAGS = 20
 MAX_TAG = 32
 MAX_PRICE = 2**63 - 1  # a signed 64-bit column
+MAX_RETENTION_DAYS = 36500
 
 
 def slug(value: Any) -> str:
@@ -80,3 +81,21 @@ def ladder(value: Any) -> list[dict[str, Any]] | None:
     if len(set(names)) != len(names) or "source" in names:
         raise InvalidField("ladder", "invalid ladder: rung names must be unique and not 'source'")
     return rungs
+
+
+def record(value: Any) -> bool | None:
+    """A channel's recording override: True, False, or None (the server's ``recording.enabled``)."""
+    if value is not None and type(value) is not bool:
+        raise InvalidField("record", f"invalid record: true, false or null, got {value!r}")
+    return value
+
+
+def retention_days(value: Any) -> int | None:
+    """Days a channel's VODs are kept (0: kept), or None (the server's retention)."""
+    if value is not None and (type(value) is not int or not 0 <= value <= MAX_RETENTION_DAYS):
+        raise InvalidField(
+            "vod_retention_days",
+            f"invalid vod_retention_days: an integer from 0 to {MAX_RETENTION_DAYS} "
+            f"(0 keeps VODs) or null, got {value!r}",
+        )
+    return value

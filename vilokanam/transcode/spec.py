@@ -33,6 +33,9 @@ class WorkerSpec:
     file_prefix: str = ""
     """Put before every file name: makes segment URLs unique per stream session, so a
     cache that keeps an "immutable" segment never serves it for another session's."""
+    thumbnail_interval: float = 30.0
+    """Seconds of media between poster thumbnails (0: none)."""
+    thumbnail_width: int = 640
 
     @property
     def segment_fraction(self) -> Fraction:
@@ -66,6 +69,8 @@ class WorkerSpec:
                 x264_tune=str(raw.get("x264_tune") or ""),
                 audio_bitrate=int(raw.get("audio_bitrate", 128_000)),
                 file_prefix=str(raw.get("file_prefix", "")),
+                thumbnail_interval=float(raw.get("thumbnail_interval", 30.0)),
+                thumbnail_width=int(raw.get("thumbnail_width", 640)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"bad worker spec: {exc!r}") from exc
@@ -75,4 +80,6 @@ class WorkerSpec:
             raise SpecError("file_prefix may hold only letters, digits, '_' and '-'")
         if spec.segment_duration <= 0:
             raise SpecError("segment_duration must be positive")
+        if not spec.thumbnail_interval >= 0 or not 16 <= spec.thumbnail_width <= 7680:
+            raise SpecError("thumbnail_interval must be >= 0 and thumbnail_width 16-7680")
         return spec

@@ -23,6 +23,7 @@ from vilokanam.transcode.rung import FrameJob, RungFailed
 from vilokanam.transcode.source import PipeReader, Source, SourceError, open_source
 from vilokanam.transcode.spec import SpecError, WorkerSpec
 from vilokanam.transcode.stats import Stats
+from vilokanam.transcode.thumbnail import ThumbnailMaker
 from vilokanam.transcode.timeline import Cut, Timeline
 
 log = logging.getLogger("vilokanam.transcode.worker")
@@ -57,9 +58,26 @@ class Worker:
             self._frame_duration = max(1, round(1 / (source.frame_rate * source.video.time_base)))
             if self.rungs:
                 source.video.codec_context.thread_type = "AUTO"  # decode on every core
+        self.thumbnails = self._thumbnail_maker()
         self._last_frame_pts: int | None = None
         self._errors: dict[str, int] = {}
         """Consecutive failures by kind."""
+
+    def _thumbnail_maker(self) -> ThumbnailMaker | None:
+        video = self.source.video
+        if video is None or self.spec.thumbnail_interval <= 0:
+            return None
+        return ThumbnailMaker(
+            codec=video.codec_context.name,
+            extradata=video.codec_context.extradata,
+            width=self.source.width,
+            height=self.source.height,
+            sample_aspect=self.source.sample_aspect,
+            output_dir=self.spec.output_dir,
+            events=self.events,
+            interval=self.spec.thumbnail_interval,
+            target_width=self.spec.thumbnail_width,
+        )
 
     def run(self) -> None:
         self.events.emit("ladder", renditions=self.names)
@@ -87,6 +105,8 @@ class Worker:
         self.stats.progress(self.timeline.video_clock)
         if record.keyframe:
             self._check_gop()
+            if self.thumbnails is not None:
+                self.thumbnails.offer(packet, record.time)
         if self.source_output is not None:
             self.source_output.add_video(index, record)
         if self.rungs:
@@ -171,6 +191,8 @@ class Worker:
             rung.check()
             if rung.is_alive():
                 raise RungFailed(f"rung {rung.encoder.rung.name} did not finish")
+        if self.thumbnails is not None:
+            self.thumbnails.close()
         self._report(force=True)
 
     def _report(self, force: bool = False) -> None:

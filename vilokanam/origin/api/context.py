@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from vilokanam.config import Settings
 from vilokanam.config.urls import Urls
 from vilokanam.origin.api.errors import ApiError
-from vilokanam.origin.api.service import BillingOps, ChannelService
+from vilokanam.origin.api.service import BillingOps, ChannelService, VodService
 from vilokanam.store import Store
 
 if TYPE_CHECKING:
     from vilokanam.billing.service import BillingService
     from vilokanam.ingest.streams import StreamManager
+    from vilokanam.origin.vod import VodCatalogue
 
 T = TypeVar("T")
 
@@ -39,6 +40,10 @@ class ApiContext:
     """The settlement backend (``await settler.settle_now()``), when one runs."""
     channel_changed: Callable[[str], None] | None = None
     """Told a slug whose channel changed (the billing gate's price cache)."""
+    cdn_ingester: Any = None
+    """CDN access log ingester (``vilokanam/origin/api/cdn.py``), made on first use."""
+    vods: VodCatalogue | None = None
+    """The VOD catalogue (deletes media and rows, and tells the origin); None: no deleting."""
 
     def live_slugs(self) -> set[str]:
         return {stream.channel.slug for stream in self.manager.live_streams()}
@@ -47,6 +52,14 @@ class ApiContext:
         """A service for one request; the live set is taken now, on the event loop."""
         live = self.live_slugs()
         return ChannelService(self.store, self.settings, self.urls(), lambda: live)
+
+    def vod_service(self) -> VodService:
+        return VodService(self.store, self.urls())
+
+    def require_vods(self) -> VodCatalogue:
+        if self.vods is None:
+            raise ApiError(503, "vod_unavailable", "VOD storage is not available on this server")
+        return self.vods
 
     def billing_ops(self) -> BillingOps:
         return BillingOps(self.store, self.settings, self.urls(), lambda: self.token_secret)

@@ -26,6 +26,7 @@ from vilokanam.origin.api.schemas import (
     RotateQuery,
     SessionOut,
     StatusOut,
+    VodQuery,
 )
 from vilokanam.origin.api.service import balance_out
 from vilokanam.store.models import Viewer
@@ -122,6 +123,8 @@ async def delete_channel(ctx: ApiContext, call: Call) -> BaseModel:
     service = ctx.service()
     channel = await ctx.blocking(service.revoke_key, call.slug)
     await ctx.manager.end_channel(channel.id, DELETED)
+    if ctx.vods is not None:  # the rows would go with the channel: the media first
+        await ctx.vods.delete_channel(channel.id)
     # Players still watching get the ENDLIST playlists until the server restarts.
     return await ctx.blocking(service.delete, call.slug)
 
@@ -246,12 +249,33 @@ async def history(ctx: ApiContext, call: Call) -> list[BaseModel]:
     return [_with_live_figures(ctx, session) for session in sessions]
 
 
-async def get_session(ctx: ApiContext, call: Call) -> BaseModel:
+def _path_id(call: Call) -> int:
     raw = call.request.match_info["id"]
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_ID:
         raise validation_error([{"field": "id", "message": "must be a positive integer"}])
-    session = await ctx.blocking(ctx.service().session, int(raw))
+    return int(raw)
+
+
+async def get_session(ctx: ApiContext, call: Call) -> BaseModel:
+    session = await ctx.blocking(ctx.service().session, _path_id(call))
     return _with_live_figures(ctx, session)
+
+
+# -- VODs ------------------------------------------------------------------------------------
+async def list_vods(ctx: ApiContext, call: Call) -> list[BaseModel]:
+    query: VodQuery = call.query
+    return list(await ctx.blocking(ctx.vod_service().list, query.channel))
+
+
+async def get_vod(ctx: ApiContext, call: Call) -> BaseModel:
+    return await ctx.blocking(ctx.vod_service().get, _path_id(call))
+
+
+async def delete_vod(ctx: ApiContext, call: Call) -> web.Response:
+    """Delete the VOD's media, then its entry; its URLs answer 404 from now on."""
+    vod_id = _path_id(call)
+    await ctx.require_vods().delete(vod_id)
+    return web.Response(status=204)
 
 
 # -- billing: viewers (operator) -------------------------------------------------------------

@@ -19,6 +19,7 @@ from vilokanam.store import Store
 if TYPE_CHECKING:
     from vilokanam.billing.service import BillingService
     from vilokanam.ingest.streams import StreamManager
+    from vilokanam.origin.vod import VodCatalogue
 
 
 def setup_api(
@@ -33,6 +34,7 @@ def setup_api(
     token_secret: bytes | None = None,
     settler: Any = None,
     channel_changed: Callable[[str], None] | None = None,
+    vods: VodCatalogue | None = None,
 ) -> web.Application:
     """Add ``/api/v1`` to ``app``; returns the sub-application. Without ``token_secret`` the
     playback-token key is ``billing.token_secret`` or the ``{data_dir}/billing-secret`` file."""
@@ -49,6 +51,7 @@ def setup_api(
         token_secret=token_secret,
         settler=settler,
         channel_changed=channel_changed,
+        vods=vods,
     )
     api[DOCUMENT] = build_document(version())
     register(api)

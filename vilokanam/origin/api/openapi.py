@@ -20,7 +20,7 @@ _ERROR_TEXT = {
     409: "A channel or viewer with this name exists",
     422: "Invalid field; detail lists {field, message}",
     500: "Unexpected error",
-    503: "Not available on this server (billing or settlement off)",
+    503: "Not available on this server (billing, settlement or VOD storage off)",
 }
 
 
@@ -68,7 +68,11 @@ def _operation(route: Route, components: _Components) -> dict[str, Any]:
         "operationId": route.handler.__name__.strip("_"),
         "summary": route.summary,
         "tags": [route.tag],
-        "responses": {str(route.status): {"description": "OK", "content": _content(body)}},
+        "responses": {
+            str(route.status): {"description": "No content"}
+            if route.status == 204
+            else {"description": "OK", "content": _content(body)}
+        },
     }
     if not route.auth:
         operation["security"] = []

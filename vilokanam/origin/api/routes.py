@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from vilokanam.origin.api import cdn
 from vilokanam.origin.api import handlers as h
 from vilokanam.origin.api.auth import require_token, require_viewer
 from vilokanam.origin.api.context import ApiContext
@@ -27,6 +28,10 @@ from vilokanam.origin.api.errors import (
 )
 from vilokanam.origin.api.schemas import (
     BalanceOut,
+    CdnBatchIn,
+    CdnBatchOut,
+    CdnCursorOut,
+    CdnCursorQuery,
     ChannelCreate,
     ChannelCreated,
     ChannelOut,
@@ -49,6 +54,8 @@ from vilokanam.origin.api.schemas import (
     ViewerCreate,
     ViewerCreated,
     ViewerOut,
+    VodOut,
+    VodQuery,
 )
 
 log = logging.getLogger(__name__)
@@ -121,8 +128,8 @@ ROUTES: tuple[Route, ...] = (
         "PATCH",
         "/channels/{slug}",
         h.update_channel,
-        "Change a channel's title, category, tags, price, ladder or payout address "
-        "(only the fields sent)",
+        "Change a channel's title, category, tags, price, ladder, payout address or "
+        "recording settings (only the fields sent)",
         "channels",
         ChannelOut,
         request=ChannelUpdate,
@@ -204,6 +211,38 @@ ROUTES: tuple[Route, ...] = (
         errors=(404,),
         path_types=(("id", "integer"),),
     ),
+    # -- VODs --
+    Route(
+        "GET",
+        "/vods",
+        h.list_vods,
+        "Recorded streams (VODs), newest first",
+        "vods",
+        VodOut,
+        many=True,
+        query=VodQuery,
+        errors=(404,),
+    ),
+    Route(
+        "GET",
+        "/vods/{id}",
+        h.get_vod,
+        "One VOD",
+        "vods",
+        VodOut,
+        errors=(404,),
+        path_types=(("id", "integer"),),
+    ),
+    Route(
+        "DELETE",
+        "/vods/{id}",
+        h.delete_vod,
+        "Delete a VOD: its media, then its entry",
+        "vods",
+        status=204,
+        errors=(404, 503),
+        path_types=(("id", "integer"),),
+    ),
     # -- billing (operator) --
     Route(
         "POST",
@@ -275,6 +314,27 @@ ROUTES: tuple[Route, ...] = (
         h.settle,
         "Settle the unsettled ticks now; answers the batch summary",
         "billing",
+        errors=(503,),
+    ),
+    Route(
+        "GET",
+        "/billing/cdn-cursor",
+        cdn.cdn_cursor,
+        "How far a CDN access log file was read (by its identity; a renamed file resumes)",
+        "billing",
+        CdnCursorOut,
+        query=CdnCursorQuery,
+        errors=(503,),
+    ),
+    Route(
+        "POST",
+        "/billing/cdn-fetches",
+        cdn.cdn_fetches,
+        "Feed a batch of CDN log fetches to billing and viewer counts, then move the file's "
+        "cursor past it",
+        "billing",
+        CdnBatchOut,
+        request=CdnBatchIn,
         errors=(503,),
     ),
     # -- billing (the viewer's key) --

@@ -25,6 +25,20 @@ SS58_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{32,64}$"
 Address = Annotated[
     str, Field(pattern=SS58_PATTERN, description="Chain address (ss58, base58 characters)")
 ]
+Record = Annotated[
+    bool,
+    Field(strict=True, description="Keep this channel's streams as VODs (null: recording.enabled)"),
+]
+RetentionDays = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=36500,
+        strict=True,
+        description="Delete this channel's VODs after this many days, 0 keeps them "
+        "(null: recording.retention_days)",
+    ),
+]
 
 
 class _Request(BaseModel):
@@ -62,6 +76,8 @@ class ChannelCreate(_Request):
     ladder: list[RungIn] | None = Field(
         default=None, description="Rungs that replace the server's ladder (null: server ladder)"
     )
+    record: Record | None = None
+    vod_retention_days: RetentionDays | None = None
 
     @field_validator("slug")
     @classmethod
@@ -99,6 +115,8 @@ class ChannelUpdate(_Request):
     payout_address: Address | None = Field(
         default=None, description="Where settlement pays the creator (null: keep in the ledger)"
     )
+    record: Record | None = None
+    vod_retention_days: RetentionDays | None = None
 
     @field_validator(*_NOT_NULL, mode="before")
     @classmethod
@@ -133,6 +151,12 @@ class ChannelOut(BaseModel):
     ladder: list[RungOut] | None
     payout_address: str | None = Field(
         default=None, description="The creator's chain address that settlement pays"
+    )
+    record: bool | None = Field(
+        default=None, description="Recording override (null: the server's recording.enabled)"
+    )
+    vod_retention_days: int | None = Field(
+        default=None, description="VOD retention override in days, 0 keeps (null: the server's)"
     )
     key_active: bool = Field(description="False once the key was revoked (rotate to re-enable)")
     key_rotated_at: datetime
@@ -197,6 +221,29 @@ class SessionOut(BaseModel):
     publisher: str
     end_reason: str | None
     recording_location: str | None
+
+
+class VodQuery(BaseModel):
+    """Query parameters of ``GET /vods``."""
+
+    channel: str | None = Field(default=None, description="Only this channel's VODs")
+
+
+class VodOut(BaseModel):
+    id: int = Field(description="The stream session id; the VOD is served at /vod/{id}/")
+    channel: str
+    title: str = Field(description="The channel's title")
+    started_at: datetime
+    ended_at: datetime | None
+    duration: float = Field(description="Seconds of media")
+    segments: int = Field(description="Media segments per rendition")
+    size_bytes: int = Field(description="Bytes of every rendition's segments")
+    renditions: list[str]
+    storage: str = Field(description="Where its media is: local or s3")
+    created_at: datetime
+    expires_at: datetime | None = Field(description="When retention deletes it (null: kept)")
+    url: str = Field(description="The VOD's master playlist")
+    thumbnail_url: str | None = Field(description="Its poster JPEG (null: none was made)")
 
 
 class StatusOut(BaseModel):
@@ -352,3 +399,74 @@ class LedgerEntryOut(BaseModel):
 
 class MeOut(BalanceOut):
     """The viewer's own live counter."""
+
+
+# -- CDN access logs (``vilokanam billing ingest-logs``) -------------------------------------
+class CdnFetchIn(_Request):
+    """One request parsed from a CDN access log line."""
+
+    at: float = Field(description="Unix seconds (UTC) of the request, from the log line")
+    method: str = Field(max_length=16)
+    path: str = Field(max_length=4096, description="URL path, percent-decoded")
+    query: str = Field(default="", max_length=8192, description="Raw query string (the token)")
+    status: int = Field(ge=0, le=999)
+    bytes: int = Field(default=0, ge=0)
+    client: str = Field(default="", max_length=256)
+    user_agent: str = Field(default="", max_length=2048)
+    request_id: str = Field(default="", max_length=256)
+
+
+CdnSource = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=255,
+        description="The log file's identity: a digest of its first line, ':', its name",
+    ),
+]
+
+
+class CdnBatchIn(_Request):
+    """Consecutive complete lines of one log file (bytes ``start`` to ``end``, uncompressed)
+    with the media requests among them; the file's cursor moves to ``end`` once they are fed."""
+
+    source: CdnSource
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    lines: int = Field(ge=0)
+    bad_lines: int = Field(default=0, ge=0, description="Lines not in the log's format")
+    other: int = Field(default=0, ge=0, description="Requests of anything but media")
+    fetches: list[CdnFetchIn] = Field(default_factory=list, max_length=10_000)
+
+
+class CdnCursorQuery(BaseModel):
+    """Query parameters of ``GET /billing/cdn-cursor``."""
+
+    source: CdnSource
+
+
+class CdnCursorOut(BaseModel):
+    source: str
+    offset: int = Field(description="Bytes of the file read and fed (at a line end)")
+    lines: int
+    fetches: int = Field(description="Segment requests found so far")
+    renamed_from: str | None = Field(
+        default=None, description="The cursor of the same file under an older name it resumes"
+    )
+
+
+class CdnSummaryOut(BaseModel):
+    lines: int
+    bad_lines: int
+    other: int
+    segments: int
+    playlists: int
+    billed: int = Field(description="Segment fetches of priced channels fed to billing")
+    ticks: int = Field(description="Whole seconds newly due from them (0 when read before)")
+    free: int = Field(description="Segment fetches of free channels (viewer counts only)")
+    skipped: dict[str, int] = Field(description="Media requests not billed, by reason")
+
+
+class CdnBatchOut(BaseModel):
+    cursor: CdnCursorOut
+    summary: CdnSummaryOut

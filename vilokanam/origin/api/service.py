@@ -38,12 +38,14 @@ from vilokanam.origin.api.schemas import (
     ViewerCreate,
     ViewerCreated,
     ViewerOut,
+    VodOut,
 )
 from vilokanam.store import Channel, Store, StreamSession
 from vilokanam.store.models import (
     EntryKind,
     LedgerEntry,
     Posting,
+    Recording,
     SessionState,
     Viewer,
     utcnow,
@@ -83,6 +85,8 @@ class ChannelService:
             tags=tuple(body.tags),
             price_per_second=body.price_per_second,
             ladder=_ladder_dicts(body.ladder),
+            record=body.record,
+            vod_retention_days=body.vod_retention_days,
         )
         return ChannelCreated(**self._out(channel, live=False).model_dump(), stream_key=key)
 
@@ -161,6 +165,8 @@ class ChannelService:
             price_per_second=channel.price_per_second,
             ladder=None if channel.ladder is None else [RungOut(**r) for r in channel.ladder],
             payout_address=channel.payout_address,
+            record=channel.record,
+            vod_retention_days=channel.vod_retention_days,
             key_active=channel.stream_key_hash is not None,
             key_rotated_at=channel.key_rotated_at,
             created_at=channel.created_at,
@@ -194,6 +200,45 @@ def session_out(session: StreamSession, channel: Channel) -> SessionOut:
         publisher=session.publisher,
         end_reason=session.end_reason,
         recording_location=session.recording_location,
+    )
+
+
+# -- VODs ----------------------------------------------------------------------------------------
+class VodService:
+    """Listing recorded streams, shaped as API bodies (store-only, like ChannelService;
+    deleting needs the media storage: :mod:`vilokanam.origin.vod`)."""
+
+    def __init__(self, store: Store, urls: Urls) -> None:
+        self.store = store
+        self.urls = urls
+
+    def list(self, channel: str | None = None) -> builtins.list[VodOut]:
+        """VODs, newest first; ``channel``: only that channel's (unknown: ChannelNotFound)."""
+        channel_id = None if channel is None else self.store.get_channel(channel).id
+        return [vod_out(*row, self.urls) for row in self.store.recordings(channel_id)]
+
+    def get(self, vod_id: int) -> VodOut:
+        return vod_out(*self.store.get_recording(vod_id), self.urls)
+
+
+def vod_out(recording: Recording, session: StreamSession, channel: Channel, urls: Urls) -> VodOut:
+    """A recording as the API shows it, with absolute playback and poster URLs."""
+    vod_id = recording.session_id
+    return VodOut(
+        id=vod_id,
+        channel=channel.slug,
+        title=channel.title,
+        started_at=session.started_at,
+        ended_at=session.ended_at,
+        duration=recording.duration_ms / 1000,
+        segments=recording.segments,
+        size_bytes=recording.size_bytes,
+        renditions=list(recording.renditions),
+        storage=recording.storage,
+        created_at=recording.created_at,
+        expires_at=recording.expires_at,
+        url=urls.vod(vod_id),
+        thumbnail_url=urls.vod(vod_id, "thumbnail.jpg") if recording.thumbnail else None,
     )
 
 
