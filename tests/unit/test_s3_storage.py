@@ -284,11 +284,13 @@ async def test_a_full_spool_gives_up_the_oldest_segments(
     init = asyncio.create_task(storage.publish_segment("streams/7/init-0.mp4"))
     segments = [f"streams/7/seg-{n}.m4s" for n in range(4)]
     uploads = []
-    for relpath in segments:
+    for index, relpath in enumerate(segments):
         write(storage, relpath, 4 * MIB)
         uploads.append(asyncio.create_task(storage.publish_segment(relpath)))
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)
+        # Each one queued (or dropped) before the next: spooled + dropped counts every file.
+        while storage.spool_files + storage.uploads_dropped < index + 2:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
     # 6 + 4 * 4 MiB > 16 MiB: the oldest segments go; the init segment (never dropped) stays.
     assert [task.done() for task in uploads] == [True, True, False, False]
     for task in uploads[:2]:

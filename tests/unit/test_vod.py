@@ -143,6 +143,33 @@ async def test_resolve_is_cached_and_forgets(world: World) -> None:
     assert lookups == [sid, 999, 999, sid]
 
 
+async def test_a_lookup_racing_a_delete_is_not_cached(world: World) -> None:
+    """A lookup that started before a delete must not cache the deleted VOD for 30 s."""
+    sid = world.record("free")
+    catalogue = VodCatalogue(world.store, world.storage)
+    started = asyncio.Event()
+    release = asyncio.Event()
+    real = world.store.get_recording
+
+    def slow_get(session_id: int):  # type: ignore[no-untyped-def]
+        found = real(session_id)
+        loop.call_soon_threadsafe(started.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+        return found
+
+    loop = asyncio.get_running_loop()
+    world.store.get_recording = slow_get  # type: ignore[method-assign]
+    lookup = asyncio.ensure_future(catalogue.resolve(sid))
+    await started.wait()
+    world.store.get_recording = real  # type: ignore[method-assign]
+    deleting = asyncio.ensure_future(catalogue.delete(sid))
+    await asyncio.sleep(0.05)
+    release.set()
+    assert await lookup is not None, "the old answer goes to the request that asked"
+    await deleting
+    assert await catalogue.resolve(sid) is None, "but it is not cached"
+
+
 async def test_delete_removes_media_then_the_row(world: World) -> None:
     sid = world.record("free")
     catalogue = VodCatalogue(world.store, world.storage)
@@ -170,13 +197,15 @@ async def test_a_failed_media_delete_keeps_the_row_to_retry(world: World) -> Non
     assert world.store.recordings() == [] and not world.folder(sid).exists()
 
 
-async def test_an_odd_prefix_is_never_deleted(world: World) -> None:
+@pytest.mark.parametrize("odd", ["streams", "another stream's folder"])
+async def test_an_odd_prefix_is_never_deleted(world: World, odd: str) -> None:
+    other = world.record("free")
     sid = world.record("free")
     channel = world.store.get_channel("free")
     world.store.save_recording(
         session_id=sid,
         channel_id=channel.id or 0,
-        prefix="streams",
+        prefix="streams" if odd == "streams" else f"streams/{other}",
         storage="local",
         renditions=[],
         duration_ms=0,
@@ -187,7 +216,7 @@ async def test_an_odd_prefix_is_never_deleted(world: World) -> None:
     )
     with pytest.raises(ValueError, match="unexpected prefix"):
         await delete_vod(world.store, world.storage, sid)
-    assert world.folder(sid).exists()
+    assert world.folder(sid).exists() and world.folder(other).exists()
 
 
 async def test_retention_deletes_only_expired_vods(

@@ -64,7 +64,7 @@ async def delete_vod(store: Store, storage: Storage, session_id: int) -> Recordi
     caller). Refuses a prefix that is not a stream's folder: a bad row never empties the tree.
     """
     recording, _, _ = await asyncio.to_thread(store.get_recording, session_id)
-    if not _PREFIX.fullmatch(recording.prefix):
+    if not _PREFIX.fullmatch(recording.prefix) or recording.prefix != f"streams/{session_id}":
         raise ValueError(
             f"VOD {session_id}: refusing to delete unexpected prefix {recording.prefix!r}"
         )
@@ -93,6 +93,8 @@ class VodCatalogue:
         self._clock = clock
         self._entries: dict[int, tuple[VodLocation | None, float]] = {}
         self._pending: dict[int, asyncio.Future[VodLocation | None]] = {}
+        self._generation: dict[int, int] = {}
+        """Bumped by :meth:`forget`: a lookup that began before it is not cached."""
 
     # -- the origin's lookup ----------------------------------------------------------------
     async def resolve(self, session_id: int) -> VodLocation | None:
@@ -109,13 +111,17 @@ class VodCatalogue:
         return await asyncio.shield(pending)
 
     async def _lookup(self, session_id: int) -> VodLocation | None:
+        generation = self._generation.get(session_id, 0)
         try:
             recording, _, channel = await asyncio.to_thread(self.store.get_recording, session_id)
             location: VodLocation | None = VodLocation(session_id, recording.prefix, channel.slug)
         except RecordingNotFound:
             location = None
         finally:
-            self._pending.pop(session_id, None)
+            if self._pending.get(session_id) is asyncio.current_task():
+                del self._pending[session_id]
+        if self._generation.get(session_id, 0) != generation:
+            return location  # deleted (or created) while looking: never cache the old answer
         ttl = self.found_ttl if location is not None else self.missing_ttl
         if len(self._entries) >= MAX_CACHED:
             self._entries.clear()
@@ -125,6 +131,10 @@ class VodCatalogue:
     def forget(self, session_id: int) -> None:
         """Look ``session_id`` up again on its next request (created or deleted here)."""
         self._entries.pop(session_id, None)
+        self._pending.pop(session_id, None)
+        if len(self._generation) >= MAX_CACHED:
+            self._generation.clear()
+        self._generation[session_id] = self._generation.get(session_id, 0) + 1
 
     # -- deleting ---------------------------------------------------------------------------
     async def delete(self, session_id: int) -> Recording:
