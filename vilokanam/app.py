@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from vilokanam.origin.gate import BillingGate, ChannelCache, SegmentDurations, c
 from vilokanam.origin.http import create_app
 from vilokanam.origin.metrics import ServerMetrics
 from vilokanam.origin.storage import LocalStorage, Storage
-from vilokanam.origin.viewers import ViewerCounter, feed_viewer_counts
+from vilokanam.origin.viewers import TRUSTED_PROXIES, ViewerCounter, feed_viewer_counts
 from vilokanam.origin.vod import RetentionTask, VodCatalogue
 from vilokanam.store import Store
 
@@ -141,6 +142,9 @@ class VilokanamServer:
             feed_viewer_counts(self.viewers, self.manager.live_streams)
         )
         self.retention.start()
+        app[TRUSTED_PROXIES] = tuple(
+            ipaddress.ip_network(item, strict=False) for item in self.settings.http.trusted_proxies
+        )
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.http.host, self.settings.http.port)

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from unittest import mock
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from prometheus_client.parser import text_string_to_metric_families
 
 from vilokanam.config import load_settings
 from vilokanam.origin.http import create_app
 from vilokanam.origin.metrics import ServerMetrics
-from vilokanam.origin.viewers import ViewerCounter, viewer_identity
+from vilokanam.origin.viewers import (
+    TRUSTED_PROXIES,
+    ViewerCounter,
+    client_address,
+    identity,
+    viewer_identity,
+)
 
 
 class FakeClock:
@@ -98,3 +107,28 @@ async def test_origin_notes_viewers_and_counts_requests_by_route(tmp_path: Path)
     }
     assert samples == {("/live/{slug}/{path}", "200"): 6, ("/live/{slug}/{path}", "404"): 1,
                        ("unmatched", "404"): 1}  # fmt: skip
+
+
+def test_a_trusted_proxy_names_the_client_so_origin_and_cache_log_agree() -> None:
+    app = web.Application()
+    app[TRUSTED_PROXIES] = (ipaddress.ip_network("10.0.0.0/8"),)
+
+    def address(peer: str, forwarded: str | None) -> str:
+        headers = {"User-Agent": "hls.js"}
+        if forwarded is not None:
+            headers["X-Forwarded-For"] = forwarded
+        transport = mock.Mock()
+        transport.get_extra_info.return_value = (peer, 40000)
+        request = make_mocked_request("GET", "/live/x/master.m3u8", headers, app=app,
+                                      transport=transport)  # fmt: skip
+        return client_address(request)
+
+    assert address("10.1.1.1", "203.0.113.7") == "203.0.113.7", "the cache's client"
+    assert address("10.1.1.1", "198.51.100.2, 203.0.113.7, 10.2.2.2") == "203.0.113.7", (
+        "the nearest untrusted hop: earlier entries are the client's to forge"
+    )
+    assert address("10.1.1.1", None) == "10.1.1.1"
+    assert address("192.0.2.9", "203.0.113.7") == "192.0.2.9", "only trusted peers relay"
+    assert address("10.1.1.1", "not-an-ip, 10.3.3.3") == "not-an-ip"
+    request = make_mocked_request("GET", "/", {"User-Agent": "hls.js"})
+    assert viewer_identity(request) == identity(request.remote or "", "hls.js")

@@ -6,6 +6,7 @@ Every setting is read here and nowhere else. A bad value fails at start with a
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -51,6 +52,21 @@ class HttpSettings(_Section):
     cors_origin: str = "*"
     viewer_timeout: Seconds = 30.0
     """A viewer counts as watching while it fetched a playlist or segment this recently."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses or networks of caches in front of this origin (nginx, a CDN's edges) whose
+    ``X-Forwarded-For`` names the real client, for viewer counts."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8)"
+                ) from None
+        return value
 
 
 def _http_url(value: str, *, allow_empty: bool) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -24,13 +25,42 @@ if TYPE_CHECKING:
     from vilokanam.ingest.streams import LiveStream
 
 
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple)
+"""``ip_network``s of caches in front of the origin (``http.trusted_proxies``)."""
+
+
 def viewer_identity(request: web.Request, viewer_id: int | None = None) -> bytes:
     """The one place that says who a viewer is: the playback token's viewer when the request
-    carries one, else a hash of the peer address and User-Agent.
+    carries one, else a hash of the client address and User-Agent.
 
     Without a token, clients behind one NAT with the same browser count once.
     """
-    return identity(request.remote or "", request.headers.get("User-Agent", ""), viewer_id)
+    return identity(client_address(request), request.headers.get("User-Agent", ""), viewer_id)
+
+
+def client_address(request: web.Request) -> str:
+    """The peer, or for a request relayed by a trusted proxy, the nearest untrusted address in
+    its ``X-Forwarded-For`` (what the proxy's own access log calls the client)."""
+    peer = request.remote or ""
+    trusted = request.app.get(TRUSTED_PROXIES)
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+    for hop in reversed([hop for hop in hops if hop]):
+        if not _is_trusted(hop, trusted):
+            return hop
+    return peer
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def _is_trusted(address: str, trusted: Networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
 
 
 def identity(address: str, agent: str, viewer_id: int | None = None) -> bytes:
