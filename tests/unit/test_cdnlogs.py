@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -44,7 +45,8 @@ from vilokanam.store import Store
 
 SECRET = "cdn-logs-unit-secret-0123456789abcdef"
 PRICE = 3
-T0 = 1_790_000_000.0
+T0 = float(int(time.time()) // 60 * 60 - 86400)
+"""A day ago, in whole seconds (lines over 30 days old are skipped)."""
 FAR = 2**40
 T = TypeVar("T")
 
@@ -142,9 +144,9 @@ def test_nginx_combined() -> None:
 
 def test_nginx_json_fields_and_aliases() -> None:
     parser = JsonParser()
-    base = {"status": 200, "request_uri": "/live/x/s1-seg-2.m4s?token=t", "msec": 1.5}
+    base = {"status": 200, "request_uri": "/live/x/s1-seg-2.m4s?token=t", "msec": T0 + 1.5}
     assert parser.parse(json.dumps(base)) == LogFetch(
-        1.5, "GET", "/live/x/s1-seg-2.m4s", "token=t", 200, 0, "", ""
+        T0 + 1.5, "GET", "/live/x/s1-seg-2.m4s", "token=t", 200, 0, "", ""
     )
     iso = parser.parse(
         json.dumps(
@@ -305,21 +307,41 @@ def world(tmp_path: Path) -> Iterator[World]:
     store.close()
 
 
+class LiveStreams:
+    """The server's streams as the catalog asks them: ``slug → live session``."""
+
+    def __init__(self, live: dict[str, int]) -> None:
+        self.live = live
+
+    def stream_for_slug(self, slug: str) -> Any:
+        session = self.live.get(slug)
+        return None if session is None else SimpleNamespace(session_id=session)
+
+    def stream_for_session(self, session_id: int) -> None:
+        return None
+
+    def media_prefix(self, slug: str) -> str | None:
+        session = self.live.get(slug)
+        return None if session is None else f"streams/{session}"
+
+
 def _run(
     world: World,
     action: Callable[[CdnIngester], Awaitable[T]],
     persist: bool = True,
+    manager: LiveStreams | None = None,
     **options: Any,
 ) -> T:
     """``action(ingester)`` with a fresh billing service, flushed after unless not ``persist``
-    (then nothing reaches the database: runs of one example stay apart)."""
+    (then nothing reaches the database: runs of one example stay apart). ``manager``: the
+    server's live streams (None: in-process, nothing known live)."""
 
     async def go() -> T:
         billing = BillingService(world.store, world.settings)
         if persist:
             await billing.start()
         try:
-            catalog = Catalog(world.store, world.settings)
+            catalog = Catalog(world.store, world.settings, manager)  # type: ignore[arg-type]
             return await action(CdnIngester(billing, catalog, SECRET.encode(), **options))
         finally:
             if persist:
@@ -414,7 +436,10 @@ def test_free_channels_count_viewers_and_bill_nothing(world: World) -> None:
         world.segment(world.bob, 3, now - 1, status=403),  # refused: not a viewer
         replace(world.segment(world.bob, 4, now - 1), path="/live/paid/source/index.m3u8"),
     ]
-    summary = _run(world, lambda ing: ing.feed(lines), viewers=counter, wall=lambda: now)
+    live = LiveStreams({"free": world.free_session, "paid": world.session})
+    summary = _run(
+        world, lambda ing: ing.feed(lines), manager=live, viewers=counter, wall=lambda: now
+    )
     assert (summary.free, summary.billed, summary.playlists) == (4, 1, 1)
     assert counter.count("free") == 2
     assert counter.count("paid") == 2  # ann (segment) and bob (playlist)
@@ -615,3 +640,306 @@ def test_cli_ingests_in_process_without_a_server(
     assert bad.exit_code == 2 and "--format" in bad.output
     none = runner.invoke(app, ["billing", "ingest-logs"])
     assert none.exit_code == 2
+
+
+# -- review fixes: garbled, over-long, out-of-order, out-of-range lines ------------------------
+SEG = "/live/ab/s1-seg-1.m4s"
+CF = "\tX\t100\t1.2.3.4\tGET\th\t/s1-seg-1.m4s\t"
+NGINX = '1.2.3.4 - - [24/Nov/2026:23:11:02 +0000] "GET / HTTP/1.1" '
+
+
+@pytest.mark.parametrize(
+    ("parser", "line"),
+    [
+        (JsonParser(), f'{{"msec":{T0},"request_uri":"{SEG}","status":1e400}}'),
+        (JsonParser(), f'{{"msec":{T0},"request_uri":"{SEG}","status":NaN}}'),
+        (JsonParser(), f'{{"msec":{T0},"request_uri":"{SEG}","status":200,"bytes_sent":"inf"}}'),
+        (JsonParser(), f'{{"msec":{T0},"request_uri":"{SEG}","status":200,"bytes_sent":-1}}'),
+        (JsonParser(), f'{{"msec":"NaN","request_uri":"{SEG}","status":200}}'),
+        (JsonParser(), f'{{"msec":"Infinity","request_uri":"{SEG}","status":200}}'),
+        (JsonParser(), f'{{"msec":0,"request_uri":"{SEG}","status":200}}'),
+        (JsonParser(), f'{{"msec":1e300,"request_uri":"{SEG}","status":200}}'),
+        (JsonParser(), "[" * 50_000 + "]" * 50_000),
+        (CloudFrontParser(), "2026-11-24\t23:11:02" + CF + "2\u00b2\u00b2"),  # "²".isdigit()
+        (CloudFrontParser(), "1970-01-01\t00:00:00" + CF + "200"),
+        (CombinedParser(), NGINX + "\u0662\u0660\u0660 1"),  # Arabic-Indic digits
+        (CombinedParser(), NGINX + "200 99999999999999999999"),
+    ],
+)  # fmt: skip
+def test_garbled_lines_are_bad_lines_never_crashes(parser: Any, line: str) -> None:
+    with pytest.raises(BadLine):
+        parser.parse(line)
+
+
+def test_a_garbled_combined_line_is_matched_in_linear_time() -> None:
+    line = "1.2.3.4 - " + " [" * 30_000  # 13+ s with the old nested quantifiers
+    started = time.perf_counter()
+    with pytest.raises(BadLine):
+        CombinedParser().parse(line)
+    assert detect(line) is None
+    assert time.perf_counter() - started < 0.5
+
+
+def test_over_long_fields_are_cut_or_the_line_is_bad_and_the_api_takes_every_batch(
+    world: World, tmp_path: Path
+) -> None:
+    from vilokanam.billing.cdnlogs.formats import CombinedParser as Parser
+    from vilokanam.billing.cdnlogs.reader import read_batches
+    from vilokanam.origin.api.schemas import CdnBatchIn
+
+    good = _paced(world, world.ann, 3)
+    long_agent = replace(good[0], user_agent="A" * 3000, status=404, query="")
+    long_path = replace(good[0], path="/live/paid/" + "p" * 5000 + "/s1-seg-1.m4s")
+    log = tmp_path / "a.log"
+    log.write_text("".join(combined(f) + "\n" for f in [*good, long_agent, long_path]))
+    (batch,) = list(read_batches(log, False, Parser(), "k:a.log", 0))
+    assert (batch.lines, batch.bad_lines, len(batch.fetches)) == (8, 1, 7)
+    assert batch.fetches[-1].user_agent == "A" * 2048
+    body = json.loads(json.dumps({**asdict_batch(batch)}))
+    assert len(CdnBatchIn.model_validate(body).fetches) == 7  # was a 422 for ever
+
+    # the API skips (and counts) what fails its checks, one fetch at a time
+    body["fetches"][0]["user_agent"] = "B" * 3000
+    body["fetches"][1]["at"] = float("nan")
+    body["fetches"][2]["method"] = "X" * 17
+    checked = CdnBatchIn.model_validate(body)
+    assert len(checked.fetches) == 4
+    assert checked.invalid_fetches() == {
+        "invalid user_agent": 1, "invalid at": 1, "invalid method": 1,
+    }  # fmt: skip
+    from pydantic import ValidationError
+
+    for change in ({"start": 2**63}, {"end": 2**64}, {"fetches": [body["fetches"][3]] * 10_001}):
+        with pytest.raises(ValidationError):
+            CdnBatchIn.model_validate({**body, **change})
+
+
+def asdict_batch(batch: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(batch) | {"fetches": [asdict(fetch) for fetch in batch.fetches]}
+
+
+def test_an_over_long_line_is_skipped_without_holding_it(world: World, tmp_path: Path) -> None:
+    import tracemalloc
+
+    from vilokanam.billing.cdnlogs.formats import JsonParser as Parser
+    from vilokanam.billing.cdnlogs.reader import read_batches
+
+    good = [json_line(fetch) for fetch in _paced(world, world.ann, 2)]
+    bomb = tmp_path / "bomb.json.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as file:
+        file.write((good[0] + "\n").encode())
+        for _ in range(32):
+            file.write(b"x" * (1 << 20))  # one 32 MiB line
+        file.write(("\n" + "\n".join(good[1:]) + "\n").encode())
+    tracemalloc.start()
+    try:
+        batches = list(read_batches(bomb, True, Parser(), "k:bomb", 0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(b.lines for b in batches) == 5 and sum(b.bad_lines for b in batches) == 1
+    assert sum(len(b.fetches) for b in batches) == 4
+    assert peak < 4 << 20, f"{peak} bytes held"
+    text = tmp_path / "long.log"  # a text file: the over-long line is skipped the same way
+    text.write_text(good[0] + "\n" + "y" * 200_000 + "\n" + good[1] + "\n" + "z" * 100_000)
+    (batch,) = list(read_batches(text, False, Parser(), "k:long", 0))
+    assert (batch.lines, batch.bad_lines, len(batch.fetches), batch.end) == (
+        3,
+        1,
+        2,
+        len(good[0]) + len(good[1]) + 200_003,
+    )  # fmt: skip  (the unfinished last line waits)
+
+
+def test_a_truncated_gzip_fails_alone(world: World, tmp_path: Path) -> None:
+    data = gzip.compress(
+        (CLOUDFRONT_HEADER + "".join(cloudfront(f) + "\n" for f in _paced(world, world.ann, 50)))
+        .encode()
+    )  # fmt: skip
+    broken = tmp_path / "E1.a.gz"
+    broken.write_bytes(data[: len(data) * 2 // 3])  # a download cut short
+    whole = tmp_path / "E1.b.gz"
+    bob = _paced(world, world.bob, 5, start=T0 + 500)
+    whole.write_bytes(
+        gzip.compress((CLOUDFRONT_HEADER + "".join(cloudfront(f) + "\n" for f in bob)).encode())
+    )
+    reports = {Path(r.path).name: r for r in _ingest(world, [broken, whole])}
+    assert reports["E1.a.gz"].failed and "ended before" in reports["E1.a.gz"].note
+    poster = replace(bob[0], path="/live/paid/poster.jpg", at=T0 + 1000)
+    long = gzip.compress(
+        (CLOUDFRONT_HEADER + "".join(cloudfront(replace(poster, request_id=str(n))) + "\n"
+                                     for n in range(20_000))).encode()
+    )  # fmt: skip
+    cut = tmp_path / "E1.c.gz"  # fails after some batches were read
+    cut.write_bytes(long[: len(long) // 2])
+    (report,) = _ingest(world, [cut])
+    assert report.failed and report.note.startswith("failed:") and report.end > 0
+    assert not reports["E1.b.gz"].failed and reports["E1.b.gz"].summary.billed == 5
+    expected = sum(world.durations_ms[:5]) // 1000
+    assert Ledger(world.store).viewer_balance(world.bob) == 10_000_000 - expected * PRICE
+
+
+def test_files_read_out_of_time_order_bill_everything(world: World) -> None:
+    """The later half of a viewer's lines fed first (another file), the earlier half next, in
+    another process: all of it is billed (was: the earlier half waited for ever)."""
+    lines = _paced(world, world.ann, 60)
+    early, late = lines[:60], lines[60:]
+    _run(world, lambda ingester: ingester.feed(late))
+    summary = _run(world, lambda ingester: ingester.feed(early))
+    expected = sum(world.durations_ms[:60]) // 1000
+    assert Ledger(world.store).viewer_balance(world.ann) == 10_000_000 - expected * PRICE
+    assert summary.ticks == expected - sum(world.durations_ms[30:60]) // 1000
+
+
+def test_watch_reads_files_oldest_first_and_unknown_ones_once(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vilokanam.billing.cdnlogs import reader as reader_module
+
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    lines = [json_line(fetch) + "\n" for fetch in _paced(world, world.ann, 6)]
+    (folder / "a.log").write_text("".join(lines[6:]))  # the later lines, first by name
+    (folder / "b.log").write_text("".join(lines[:6]))
+    (folder / "junk.txt").write_text("hello\n")
+    identified: list[str] = []
+    real = reader_module.identify
+
+    def spy(path: Path, *args: Any) -> Any:
+        identified.append(path.name)
+        return real(path, *args)
+
+    monkeypatch.setattr(reader_module, "identify", spy)
+    order: list[str] = []
+
+    async def go(ingester: CdnIngester) -> Summary:
+        stop = asyncio.Event()
+        reader = LogReader(ingester, on_batch=lambda path, _: order.append(path.name))
+        task = asyncio.create_task(reader.watch(folder, interval=0.02, stop=stop))
+        await asyncio.sleep(0.3)
+        stop.set()
+        return await task
+
+    total = _run(world, go)
+    assert order == ["b.log", "a.log"]
+    assert identified.count("junk.txt") == 1, "an unknown format is not read again unchanged"
+    assert total.ticks == sum(world.durations_ms[:6]) // 1000
+
+
+def test_lines_out_of_the_time_window_are_skipped(world: World) -> None:
+    now = T0 + 100
+    lines = [
+        world.segment(world.ann, 0, now - 31 * 86400),  # would pin the first fetch far back
+        world.segment(world.ann, 1, now + 3600),
+        world.segment(world.ann, 2, float("nan")),
+        world.segment(world.ann, 3, now - 10),
+    ]
+    summary = _run(world, lambda ing: ing.feed(lines), wall=lambda: now)
+    assert summary.skipped == {"too old": 2, "in the future": 1} and summary.billed == 1
+    state = BillingService(world.store, world.settings)
+    assert state.tracker.state(world.ann, world.session) is None  # nothing else in memory
+    with world.store.session() as db:
+        from vilokanam.store.models import WatchState
+
+        (saved,) = db.exec(select_states(WatchState)).all()
+        assert saved.first_fetch_at.timestamp() == pytest.approx(now - 10)
+
+
+def select_states(model: Any) -> Any:
+    from sqlmodel import select
+
+    return select(model)
+
+
+def test_live_viewer_counts_only_from_the_current_live_session(world: World) -> None:
+    clock = [1000.0]
+    counter = ViewerCounter(30, clock=lambda: clock[0])
+    now = T0 + 100
+    old = world.store.start_session(world.free).id or 0  # a later session is live now
+    live = LiveStreams({"free": old})
+    vod = f"/vod/{world.free_session}/source/s{world.free_session}-seg-1.m4s"
+    bucket_old = f"/media/streams/{world.free_session}/source/s{world.free_session}-seg-1.m4s"
+    current = f"/live/free/source/s{old}-seg-1.m4s"
+    lines = [
+        LogFetch(now - 1, "GET", vod, "", 200, 1, "192.0.2.1", "a"),
+        LogFetch(now - 1, "GET", bucket_old, "", 200, 1, "192.0.2.2", "a"),
+        LogFetch(now - 1, "GET", current, "", 200, 1, "192.0.2.3", "a"),
+        LogFetch(now - 1, "GET", "/live/free/source/index.m3u8", "", 200, 1, "192.0.2.4", "a"),
+    ]
+    _run(world, lambda ing: ing.feed(lines), manager=live, viewers=counter, wall=lambda: now)
+    assert counter.count("free") == 2  # the current session's segment and the live playlist
+    nobody = ViewerCounter(30, clock=lambda: clock[0])
+    _run(world, lambda ing: ing.feed(lines), viewers=nobody, wall=lambda: now)
+    assert nobody.count("free") == 0, "in-process: nothing is known live"
+
+
+def test_remote_target_waits_for_the_server_and_goes_on(world: World) -> None:
+    from vilokanam.billing.cdnlogs.ingest import Batch
+    from vilokanam.cli.backend import ServerUnreachable
+    from vilokanam.cli.cdnlogs import RemoteTarget
+
+    answers: list[Any] = [None, ServerUnreachable("connection refused")]
+    sent: list[dict[str, Any]] = []
+
+    class Api:
+        def cdn_fetches(self, body: dict[str, Any]) -> dict[str, Any]:
+            if answers:
+                raise answers.pop(0) or ServerUnreachable("down")
+            sent.append(body)
+            cursor = {"source": body["source"], "offset": body["end"], "lines": 1, "fetches": 0}
+            return {"summary": Summary(lines=1).as_dict(), "cursor": cursor}
+
+    api = Api()
+    said: list[str] = []
+    calls = [0]
+
+    def factory() -> Any:
+        calls[0] += 1
+        return None if calls[0] == 1 else api  # the local server has not started yet
+
+    async def go() -> Any:
+        target = RemoteTarget(factory, wait=True, say=said.append)
+        target.first_retry = 0.01
+        return await target.submit(Batch("k:a", 0, 10, 1, 0, 0, []))
+
+    summary, cursor = asyncio.run(go())
+    assert cursor.offset == 10 and summary.lines == 1 and len(sent) == 1
+    assert len(said) == 3 and all(text.startswith("waiting for the server") for text in said)
+
+
+def test_cli_watch_never_bills_in_process(world: World, tmp_path: Path) -> None:
+    """``--watch`` with no server: it waits for one, and bills nothing on its own (a server
+    started meanwhile would bill beside it and each would hold back the other's content)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    (folder / "a.log").write_text(
+        "".join(combined(fetch) + "\n" for fetch in _paced(world, world.ann, 5))
+    )
+    env = os.environ | {
+        "VILOKANAM_DATA_DIR": str(tmp_path),
+        "VILOKANAM_BILLING_TOKEN_SECRET": SECRET,
+        "VILOKANAM_HTTP_PORT": "9",  # nothing answers there
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from vilokanam.cli.main import app; app()", "billing",
+         "ingest-logs", "--watch", str(folder)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        assert "waiting for the server" in first, first
+        assert time.monotonic() < deadline
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert Ledger(world.store).viewer_balance(world.ann) == 10_000_000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -195,3 +197,69 @@ def test_restore_round_trip_equals_an_uninterrupted_run(
     for fetch in fetches:  # waiting content is released by activity at the latest time seen
         after.release(fetch.viewer_id, fetch.session_id, latest)
     assert sum(after.note(fetch) for fetch in fetches) == 0, "replayed fetches bill nothing"
+
+
+# -- fetches fed out of time order (CDN log files read in any order) ----------------------------
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=fetch_steps,
+    lengths=durations,
+    preview=st.sampled_from([0.0, 3.0]),
+    order=st.randoms(use_true_random=False),
+)
+def test_any_order_of_logged_fetches_credits_the_same_once_released(
+    steps: list[tuple[int, str, float]], lengths: list[float], preview: float, order: Any
+) -> None:
+    """Logged fetches fed in any order (each backdating the first fetch), then released at
+    the latest time: the same content and ticks as in time order, within the cap counted from
+    the earliest fetch."""
+    fetches = list(_fetches(steps, lengths))
+    if not fetches:
+        return
+    latest = max(fetch.at for fetch in fetches)
+
+    def fed(sequence: list[Fetch]) -> tuple[int, int, list[list[int]], float] | None:
+        tracker = Tracker(TARGET, free_preview=preview)
+        for fetch in sequence:
+            tracker.note(fetch)
+            tracker.backdate(fetch.viewer_id, fetch.session_id, fetch.at)
+        tracker.release(7, 1, latest)
+        return _state(tracker)
+
+    in_time = fed(sorted(fetches, key=lambda fetch: fetch.at))
+    shuffled = list(fetches)
+    order.shuffle(shuffled)
+    assert fed(shuffled) == in_time
+    assert in_time is not None
+    earliest_ms = round(min(fetch.at for fetch in fetches) * 1000)
+    assert in_time[1] <= round(latest * 1000) - earliest_ms + round(TARGET * 1000)
+    assert in_time[3] == earliest_ms / 1000
+
+
+def test_a_backdated_first_fetch_is_saved_and_restored() -> None:
+    tracker = Tracker(TARGET)
+    late = [tracker.note(Fetch(1, 1, seq, 2.0, T0 + 100 + seq * 2)) for seq in range(50, 100)]
+    assert sum(late) == 100
+    (due,) = tracker.pending()
+    tracker.mark_posted(1, 1, due.ticks_to, version=due.version)
+    for seq in range(50):  # the earlier file, read second: all waits under the cap at first
+        tracker.note(Fetch(1, 1, seq, 2.0, T0 + seq * 2))
+        tracker.backdate(1, 1, T0 + seq * 2)
+    (due,) = tracker.pending()
+    assert due.first_fetch_at == T0, "the lowered first fetch is to be saved"
+    copy = Tracker(TARGET)
+    copy.restore(
+        1,
+        1,
+        first_fetch_at=due.first_fetch_at,
+        content_ms=due.content_ms,
+        ticks=due.ticks_to,
+        sequences=due.sequences,
+        pending_ms=due.pending_ms,
+    )
+    assert copy.last_seen(1, 1) == T0 + 98, "at least what the content credited says"
+    for restarted in (tracker, copy):
+        restarted.release(1, 1, T0 + 198)
+        state = restarted.state(1, 1)
+        assert state is not None and state.first_fetch_at == T0
+        assert (state.content_ms, state.ticks_to) == (200_000, 200), "all 200 s, none held"

@@ -12,6 +12,11 @@ Rules, in integer milliseconds:
   as wall time passes, on the viewer's next fetch of a segment or playlist (:meth:`release`):
   prefetching cannot bill ahead, a player that bursts segments at start-up and keeps watching
   pays for all of them, and one that leaves right after a burst pays for no more than its time;
+* the first fetch is the first one fed, except that a fetch known to have happened earlier (a
+  CDN log line read late: :meth:`Tracker.backdate`) lowers it, which makes room under the cap
+  for what waits; fed so, any order of the same fetches credits the same once released at the
+  latest time. (The origin's fetch times are its clock *now*: a time going back there is the
+  clock stepping, which must not lift the cap.)
 * the first ``free_preview`` seconds of content credited are not billed;
 * fractions are carried: ticks due = (content - preview) // 1000; e.g. three 1.5 s segments
   make 4 ticks with 0.5 s carried.
@@ -162,6 +167,19 @@ class Tracker:
         watch.pending_ms += round(duration * 1000)
         return self._credit(watch, at_ms)
 
+    def backdate(self, viewer_id: int, session_id: int, at: float) -> None:
+        """The viewer fetched at ``at`` (a CDN log line, read in any order): if that is before
+        its first fetch, it becomes the first (saved with the state). Nothing is credited here:
+        :meth:`release` at a later time credits what the wider cap now allows."""
+        key = (viewer_id, session_id)
+        watch = self._watches.get(key)
+        at_ms = round(at * 1000)
+        if watch is None or not at_ms < watch.first_ms:
+            return
+        watch.first_ms = at_ms
+        watch.version += 1
+        self._dirty.add(key)
+
     def release(self, viewer_id: int, session_id: int, at: float) -> int:
         """The viewer is still watching at ``at`` (it fetched a playlist): credit content it
         fetched ahead as far as the cap now allows. Returns the whole new ticks due."""
@@ -202,8 +220,10 @@ class Tracker:
         sequences: list[list[int]],
         pending_ms: int = 0,
     ) -> None:
-        """Put back a saved state (``ticks`` already accounted for); replaces what is in memory."""
+        """Put back a saved state (``ticks`` already accounted for); replaces what is in memory.
+        The last fetch was at least as late as the content credited says (the cap)."""
         watch = _Watch(round(first_fetch_at * 1000))
+        watch.last_ms = max(watch.first_ms, watch.first_ms + content_ms - self.target_ms)
         watch.content_ms = content_ms
         watch.pending_ms = pending_ms
         watch.posted = ticks
@@ -259,6 +279,12 @@ class Tracker:
         watch.due = max(watch.due, watch.posted)
         if version is None or version == watch.version:
             self._dirty.discard(key)
+
+    def last_seen(self, viewer_id: int, session_id: int) -> float | None:
+        """Wall seconds of the viewer's latest fetch known (after a restore: the earliest time
+        the content credited allows); None if unknown."""
+        watch = self._watches.get((viewer_id, session_id))
+        return None if watch is None else watch.last_ms / 1000
 
     def unposted(self, viewer_id: int, session_id: int) -> int:
         """Ticks due and not yet accounted for."""

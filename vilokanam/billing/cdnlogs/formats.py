@@ -11,15 +11,32 @@ named after its nginx variable), with a few common aliases.
 from __future__ import annotations
 
 import calendar
+import functools
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote
 
 FORMATS = ("nginx", "nginx-json", "cloudfront")
 """``--format`` values besides ``auto``."""
+
+MAX_METHOD = 16
+MAX_PATH = 4096
+MAX_QUERY = 8192
+MAX_CLIENT = 256
+MAX_USER_AGENT = 2048
+MAX_REQUEST_ID = 256
+"""Longest fields a line may have (the API's ``CdnFetchIn`` takes no longer): a longer method,
+path or query makes the line bad; a longer client, User-Agent or request id is cut."""
+MAX_INT = 2**63 - 1
+MIN_TIME = 946_684_800.0
+"""2000-01-01: a line dated before is garbled (the reader also skips lines a month old)."""
+MAX_TIME = 4_102_444_800.0
+"""2100-01-01."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +61,70 @@ class BadLine(ValueError):
     """A line that is not in the file's format (counted and skipped)."""
 
 
+_P = TypeVar("_P")
+
+
+def checked_time(at: float) -> float:
+    """``at`` if it is a finite time between :data:`MIN_TIME` and :data:`MAX_TIME`."""
+    if not (math.isfinite(at) and MIN_TIME <= at < MAX_TIME):
+        raise BadLine(f"implausible time {at!r}")
+    return at
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit]
+
+
+def _clean(text: str) -> str:
+    """Lone surrogates (JSON ``\\ud800`` escapes) replaced: every field encodes as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def bounded(fetch: LogFetch) -> LogFetch:
+    """``fetch`` within the API's field limits (see :data:`MAX_PATH`); BadLine if it cannot be."""
+    checked_time(fetch.at)
+    if len(fetch.method) > MAX_METHOD or len(fetch.path) > MAX_PATH:
+        raise BadLine("over-long method or path")
+    if len(fetch.query) > MAX_QUERY:
+        raise BadLine("over-long query")
+    if not (0 <= fetch.status <= 999 and 0 <= fetch.bytes <= MAX_INT):
+        raise BadLine("status or bytes out of range")
+    if (
+        len(fetch.client) > MAX_CLIENT
+        or len(fetch.user_agent) > MAX_USER_AGENT
+        or len(fetch.request_id) > MAX_REQUEST_ID
+    ):
+        fetch = LogFetch(
+            fetch.at, fetch.method, fetch.path, fetch.query, fetch.status, fetch.bytes,
+            _cut(fetch.client, MAX_CLIENT), _cut(fetch.user_agent, MAX_USER_AGENT),
+            _cut(fetch.request_id, MAX_REQUEST_ID),
+        )  # fmt: skip
+    return fetch
+
+
+def _never_fatal(
+    parse: Callable[[_P, str], LogFetch | None],
+) -> Callable[[_P, str], LogFetch | None]:
+    """A parser method whose every failure on a garbled line (a number too large, NaN, too
+    deep a JSON nesting) is a :class:`BadLine`, and whose fetches are :func:`bounded`."""
+
+    @functools.wraps(parse)
+    def wrapper(self: _P, line: str) -> LogFetch | None:
+        try:
+            fetch = parse(self, line)
+        except BadLine:
+            raise
+        except (ValueError, OverflowError, TypeError, RecursionError) as exc:
+            raise BadLine(f"garbled line ({type(exc).__name__})") from None
+        return None if fetch is None else bounded(fetch)
+
+    return wrapper
+
+
 class LineParser(Protocol):
     def parse(self, line: str) -> LogFetch | None:
         """The request of ``line``; None for a header, comment or blank; BadLine otherwise."""
@@ -58,12 +139,13 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 # -- nginx combined -----------------------------------------------------------------------------
 COMBINED = re.compile(
-    r'(?P<client>\S+) \S+ .*? \[(?P<time>[^\]]+)\] "(?P<request>(?:[^"\\]|\\.)*)" '
-    r"(?P<status>\d{3}) (?P<bytes>\d+|-)"
-    r'(?: "(?P<referer>(?:[^"\\]|\\.)*)" "(?P<agent>(?:[^"\\]|\\.)*)")?'
+    r"(?P<client>\S++) \S++ [^\[]*+(?<= )\[(?P<time>[^\]]{1,64}+)\] "
+    r'"(?P<request>(?:[^"\\]++|\\.)*+)" (?P<status>[0-9]{3}) (?P<bytes>[0-9]{1,19}+|-)'
+    r'(?: "(?P<referer>(?:[^"\\]++|\\.)*+)" "(?P<agent>(?:[^"\\]++|\\.)*+)")?'
 )
 """``$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
-"$http_referer" "$http_user_agent"``; anything after it (custom additions) is ignored."""
+"$http_referer" "$http_user_agent"``; anything after it (custom additions) is ignored.
+Possessive quantifiers only: matching is linear in the line's length, whatever it holds."""
 _MONTHS = {name: index for index, name in enumerate(calendar.month_abbr) if name}
 _ESCAPED = re.compile(rb"\\x([0-9A-Fa-f]{2})")
 
@@ -112,6 +194,7 @@ class CombinedParser:
     def __init__(self) -> None:
         self._last_time: tuple[str, float] = ("", 0.0)
 
+    @_never_fatal
     def parse(self, line: str) -> LogFetch | None:
         if not line.strip():
             return None
@@ -145,12 +228,30 @@ def _first(record: dict[str, Any], *names: str) -> Any:
 
 
 def _number(value: Any, what: str) -> float:
+    """A finite number (JSON number or numeric string); BadLine for NaN, infinities, others."""
     if isinstance(value, bool):
         raise BadLine(f"bad {what} {value!r}")
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         raise BadLine(f"bad {what} {value!r}") from None
+    if not math.isfinite(number):
+        raise BadLine(f"bad {what} {value!r}")
+    return number
+
+
+def _integer(value: Any, what: str, limit: int) -> int:
+    """A whole number 0..``limit`` (a JSON integer, float or numeric string)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        decimal = _number(value, what)
+        if not decimal.is_integer():
+            raise BadLine(f"bad {what} {value!r}")
+        number = int(decimal)
+    if not 0 <= number <= limit:
+        raise BadLine(f"bad {what} {value!r}")
+    return number
 
 
 def parse_iso(text: str) -> float:
@@ -170,6 +271,7 @@ _BYTES = ("body_bytes_sent", "bytes_sent", "bytes")
 class JsonParser:
     """One JSON object per line (``log_format … escape=json``)."""
 
+    @_never_fatal
     def parse(self, line: str) -> LogFetch | None:
         if not line.strip():
             return None
@@ -179,14 +281,15 @@ class JsonParser:
             raise BadLine("not JSON") from None
         if not isinstance(record, dict):
             raise BadLine("not a JSON object")
+        request = {name: _clean(value) for name, value in self._request(record).items()}
         return LogFetch(
-            at=self._time(record),
-            status=int(_number(_first(record, "status"), "status")),
-            bytes=int(_number(_first(record, *_BYTES) or 0, "bytes")),
-            client=str(_first(record, "remote_addr", "client", "client_ip") or ""),
-            user_agent=str(_first(record, "http_user_agent", "user_agent") or ""),
-            request_id=str(_first(record, "request_id") or ""),
-            **self._request(record),
+            at=checked_time(self._time(record)),
+            status=_integer(_first(record, "status"), "status", 999),
+            bytes=_integer(_first(record, *_BYTES) or 0, "bytes", MAX_INT),
+            client=_clean(str(_first(record, "remote_addr", "client", "client_ip") or "")),
+            user_agent=_clean(str(_first(record, "http_user_agent", "user_agent") or "")),
+            request_id=_clean(str(_first(record, "request_id") or "")),
+            **request,
         )
 
     @staticmethod
@@ -232,12 +335,17 @@ CLOUDFRONT_FIELDS = (
 """The standard log's columns (version 1.0), used until a ``#Fields:`` line says otherwise."""
 
 
+_STATUS = re.compile(r"[0-9]{3}")
+_SIZE = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() takes "²" too
+
+
 class CloudFrontParser:
     """Tab-separated W3C lines; ``-`` is an empty value; the user agent is URL-encoded."""
 
     def __init__(self) -> None:
         self._columns = {name: index for index, name in enumerate(CLOUDFRONT_FIELDS)}
 
+    @_never_fatal
     def parse(self, line: str) -> LogFetch | None:
         line = line.rstrip("\r\n")
         if not line.strip():
@@ -255,7 +363,7 @@ class CloudFrontParser:
             return "" if value == "-" else value
 
         date, time_, stem, status = get("date"), get("time"), get("cs-uri-stem"), get("sc-status")
-        if not (date and time_ and stem and status.isdigit()):
+        if not (date and time_ and stem and _STATUS.fullmatch(status)):
             raise BadLine("not a CloudFront log line")
         size = get("sc-bytes")
         return LogFetch(
@@ -264,7 +372,7 @@ class CloudFrontParser:
             path=unquote(stem),
             query=get("cs-uri-query"),
             status=int(status),
-            bytes=int(size) if size.isdigit() else 0,
+            bytes=int(size) if _SIZE.fullmatch(size) else 0,
             client=get("c-ip"),
             user_agent=unquote(get("cs(User-Agent)")),
             request_id=get("x-edge-request-id"),

@@ -6,7 +6,10 @@ duration is looked up (the live stream in memory, the durations saved with the s
 ``#EXTINF`` of the playlist on disk), the viewer's saved watch states are loaded, and the fetch
 goes to :meth:`BillingService.note_fetch` at the line's time. Media playlist fetches are "still
 watching" events. Free channels are not billed, but counted as viewers (the token's viewer, else
-client address + User-Agent, like the origin).
+client address + User-Agent, like the origin) — live viewers only: lines of the channel's current
+live session, known inside the server only. Lines dated over 30 days ago or over 5 minutes ahead
+are skipped; a line earlier than a viewer's first fetch known moves it back
+(:meth:`Tracker.backdate`), so files read in any order bill the same.
 
 Re-reading a log never bills twice: the tracker credits each (viewer, session, sequence) once,
 and :meth:`BillingService.ensure_loaded` restores what was credited before. Lines of a batch are
@@ -46,6 +49,11 @@ BILLED_STATUSES = (200, 206)
 DURATIONS_TTL = 2.0
 """Seconds a session's saved durations are reused before a missing sequence re-reads them."""
 MAX_REMEMBERED = 100_000
+MAX_AGE = 30 * 86400.0
+"""Seconds: older lines are skipped ("too old"): a garbled or forged date cannot move a
+viewer's first fetch far back and lift the wall-clock cap."""
+MAX_AHEAD = 300.0
+"""Seconds a line may be dated ahead of this machine's clock (clock skew between hosts)."""
 
 
 # -- what a batch did ----------------------------------------------------------------------------
@@ -147,6 +155,14 @@ class Catalog:
             self._owners.clear()
         self._owners[session_id] = (owner, time.monotonic())
         return owner
+
+    def live_session(self, slug: str) -> int | None:
+        """The session ``slug`` streams live now; None when it is not live or not known (no
+        server: an in-process ingester counts no live viewers)."""
+        if self.manager is None:
+            return None
+        stream = self.manager.stream_for_slug(slug)
+        return None if stream is None else stream.session_id
 
     def current_session(self, slug: str) -> int | None:
         """The session ``/live/{slug}/`` serves now (only known inside the server)."""
@@ -250,7 +266,10 @@ class CdnIngester:
         if len(self._last_seen) >= MAX_REMEMBERED:
             self._last_seen.clear()
         for key, (channel, latest, before) in touched.items():
-            latest = max(latest, self._last_seen.get(key, latest))
+            # the latest time the viewer is known to have fetched: a batch of older lines
+            # (a file read out of time order) releases what they make room for up to there
+            known = self.billing.tracker.last_seen(*key)
+            latest = max(latest, self._last_seen.get(key, latest), known or latest)
             self._last_seen[key] = latest
             self.billing.note_watching(key[0], channel, key[1], at=latest)
             summary.ticks += self._due(key) - before
@@ -272,6 +291,13 @@ class CdnIngester:
             summary.segments += 1
         else:
             summary.playlists += 1
+        now = self._wall()
+        if not fetch.at >= now - MAX_AGE:  # NaN too
+            summary.skip("too old")
+            return
+        if fetch.at > now + MAX_AHEAD:
+            summary.skip("in the future")
+            return
         if fetch.method != "GET":
             summary.skip("HEAD request" if fetch.method == "HEAD" else f"{fetch.method} request")
             return
@@ -294,9 +320,13 @@ class CdnIngester:
             return
         claims, reason = self._claims(token_of(fetch.query), slug, fetch.at)
         priced = channel.price_per_second > 0
-        if self.viewers is not None and (claims is not None or not priced):
+        if (
+            self.viewers is not None
+            and (claims is not None or not priced)
+            and self._watches_live(fetch, media, slug)
+        ):
             viewer = identity(fetch.client, fetch.user_agent, claims.viewer_id if claims else None)
-            self.viewers.note(slug, viewer, age=max(self._wall() - fetch.at, 0.0))
+            self.viewers.note(slug, viewer, age=max(now - fetch.at, 0.0))
         if not priced:
             if segment:
                 summary.free += 1
@@ -318,6 +348,7 @@ class CdnIngester:
         touched[key] = (channel, fetch.at, self._due(key) if seen is None else seen[2])
         if not segment:
             self.billing.note_watching(viewer_id, channel, session, at=fetch.at)
+            self.billing.tracker.backdate(viewer_id, session, fetch.at)
             return
         assert media.sequence is not None
         duration = await self.catalog.duration(session, media.sequence, media.rendition)
@@ -329,7 +360,18 @@ class CdnIngester:
                 self._live_session.clear()
             self._live_session[(viewer_id, slug)] = session
         self.billing.note_fetch(viewer_id, channel, session, media.sequence, duration, at=fetch.at)
+        # a line earlier than the viewer's first fetch known (another file, read later): the
+        # viewer was there then, so the cap counts from there
+        self.billing.tracker.backdate(viewer_id, session, fetch.at)
         summary.billed += 1
+
+    def _watches_live(self, fetch: LogFetch, media: Media, slug: str) -> bool:
+        """Whether the line fetched the channel's current live session (a live viewer), not a
+        VOD or an earlier session."""
+        live = self.catalog.live_session(slug)
+        if live is None or fetch.path.startswith("/vod/"):
+            return False
+        return media.session_id is None or media.session_id == live
 
     def _claims(self, token: str, slug: str, at: float) -> tuple[Claims | None, str]:
         """The token's claims if it was valid for ``slug`` at ``at``; else (None, why not)."""

@@ -17,7 +17,9 @@ import asyncio
 import contextlib
 import gzip
 import hashlib
+import logging
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +30,17 @@ from vilokanam.billing.cdnlogs.formats import BadLine, LineParser, LogFetch, det
 from vilokanam.billing.cdnlogs.ingest import Batch, Summary
 from vilokanam.billing.cdnlogs.paths import classify
 
+log = logging.getLogger(__name__)
+
+MAX_LINE = 64 * 1024
+"""Longest line read (bytes): a longer one is skipped, counted as a bad line, never held whole
+(a gzip bomb of one endless line costs no memory)."""
+READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile)
+"""What reading a file may raise: a file removed, unreadable, or a truncated or corrupt .gz."""
 BATCH_LINES = 1000
 """Lines per batch at most: one API call (or one billing flush) each."""
 BATCH_BYTES = 512 * 1024
-"""Bytes of media request lines per batch at most (the API takes bodies up to 1 MiB)."""
+"""Bytes of media requests per batch at most, as JSON (the API takes bodies up to 1 MiB)."""
 PROBE_LINES = 50
 
 
@@ -52,6 +61,8 @@ class FileReport:
     note: str = ""
     """Why nothing was read (empty, unknown format, already read), or how it resumed."""
     summary: Summary = field(default_factory=Summary)
+    failed: bool = False
+    """Reading it failed (a truncated .gz, an I/O error): what was read before counts."""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -61,6 +72,7 @@ class FileReport:
             "start": self.start,
             "end": self.end,
             "note": self.note,
+            "failed": self.failed,
             **self.summary.as_dict(),
         }
 
@@ -72,6 +84,30 @@ def is_gzip(path: Path) -> bool:
 
 def _open(path: Path, compressed: bool) -> IO[bytes]:
     return gzip.open(path, "rb") if compressed else open(path, "rb")
+
+
+def lines_of(file: IO[bytes], compressed: bool) -> Iterator[tuple[bytes | None, int]]:
+    """``(line, bytes it took)`` for each complete line, read at most :data:`MAX_LINE` bytes at
+    a time; an over-long line comes as ``(None, its length)``. A text file's last line without
+    its newline is still being written: it ends the lines (a gzipped file's last line counts)."""
+    while True:
+        raw = file.readline(MAX_LINE + 1)
+        if not raw:
+            return
+        if raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        if len(raw) <= MAX_LINE:  # the end of the file
+            if compressed:
+                yield raw, len(raw)
+            return
+        size = len(raw)
+        while (rest := file.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+            size += len(rest)
+        size += len(rest)
+        if not rest and not compressed:
+            return  # an over-long line still being written
+        yield None, size
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +123,12 @@ def identify(path: Path, compressed: bool, fmt: str = "auto") -> Identity | None
     all begin ``#Version: 1.0``), the format, and the first request's time; None when the file
     has no such line yet."""
     with _open(path, compressed) as file:
-        lines = [file.readline() for _ in range(PROBE_LINES)]
-    lines = [raw for raw in lines if raw.endswith(b"\n") or (compressed and raw)]
+        lines = []
+        for raw, _ in lines_of(file, compressed):
+            if raw is not None:
+                lines.append(raw)
+            if len(lines) >= PROBE_LINES:
+                break
     first = next((raw for raw in lines if not raw.startswith(b"#")), None)
     if first is None:
         return None
@@ -121,21 +161,26 @@ def read_batches(
     complete). The parser first reads the file's header lines (CloudFront ``#Fields:``)."""
     with _open(path, compressed) as file:
         if start > 0:
-            while (raw := file.readline()).startswith(b"#") and file.tell() <= start:
+            while (raw := file.readline(MAX_LINE)).startswith(b"#") and file.tell() <= start:
                 with contextlib.suppress(BadLine):
                     _parse(parser, raw)
             file.seek(start)
         position = start
+        reading = lines_of(file, compressed)
         while True:
             lines = bad = other = size = 0
             fetches = []
             batch_start = position
             while lines < limit and size < max_bytes:
-                raw = file.readline()
-                if not raw or (not raw.endswith(b"\n") and not compressed):
+                item = next(reading, None)
+                if item is None:
                     break  # the end, or a line still being written
-                position += len(raw)
+                raw, length = item
+                position += length
                 lines += 1
+                if raw is None:
+                    bad += 1  # over-long: never parsed
+                    continue
                 try:
                     fetch = _parse(parser, raw)
                 except BadLine:
@@ -147,7 +192,7 @@ def read_batches(
                     other += 1
                     continue
                 fetches.append(fetch)
-                size += len(raw)
+                size += wire_size(fetch)
             if not lines:
                 return
             yield Batch(source, batch_start, position, lines, bad, other, fetches)
@@ -155,6 +200,15 @@ def read_batches(
 
 def _parse(parser: LineParser, raw: bytes) -> LogFetch | None:
     return parser.parse(raw.decode("utf-8", "replace"))
+
+
+def wire_size(fetch: LogFetch) -> int:
+    """Bytes of ``fetch`` as JSON at most (a non-ASCII character: a 6-byte ``\\uXXXX``)."""
+    size = 200
+    for text in (fetch.method, fetch.path, fetch.query, fetch.client, fetch.user_agent,
+                 fetch.request_id):  # fmt: skip
+        size += len(text) if text.isascii() else 6 * len(text)
+    return size
 
 
 class LogReader:
@@ -177,15 +231,17 @@ class LogReader:
         """path → (inode, size, mtime) when it was last read to its end."""
 
     async def ingest(self, paths: list[Path]) -> list[FileReport]:
-        """One pass over ``paths``, oldest first request first."""
+        """One pass over ``paths``, oldest first request first. A file that cannot be read (a
+        truncated .gz) is reported as failed, and the others are read all the same."""
         found: list[tuple[float, str, Path, bool, Identity | None]] = []
         reports: list[FileReport] = []
         for path in paths:
             try:
                 compressed = is_gzip(path)
                 ident = await asyncio.to_thread(identify, path, compressed, self.fmt)
-            except (OSError, EOFError, gzip.BadGzipFile) as exc:
-                reports.append(FileReport(str(path), note=f"unreadable: {exc}"))
+            except READ_ERRORS as exc:
+                log.warning("cannot read %s: %s", path, exc)
+                reports.append(FileReport(str(path), note=f"unreadable: {exc}", failed=True))
                 continue
             order = ident.first_at if ident is not None and ident.first_at is not None else 0.0
             found.append((order, str(path), path, compressed, ident))
@@ -215,7 +271,12 @@ class LogReader:
         report.start = report.end = start
         batches = read_batches(path, compressed, parser_for(ident.format), source, start)
         while True:
-            batch = await asyncio.to_thread(next, batches, None)
+            try:
+                batch = await asyncio.to_thread(next, batches, None)
+            except READ_ERRORS as exc:
+                log.warning("reading %s failed after byte %s: %s", path, report.end, exc)
+                report.note, report.failed = f"failed: {exc}", True
+                break
             if batch is None:
                 break
             summary, cursor = await self.target.submit(batch)
@@ -234,22 +295,32 @@ class LogReader:
         total = Summary()
         stop = stop or asyncio.Event()
         while not stop.is_set():
+            changed: list[Path] = []
+            signatures: dict[Path, tuple[int, int, int]] = {}
             for path in sorted(directory.iterdir()):
-                if path.name.startswith(".") or not path.is_file():
+                if path.name.startswith("."):
                     continue
                 try:
-                    info = path.stat()
-                    signature = (info.st_ino, info.st_size, info.st_mtime_ns)
-                    if self._unchanged.get(path) == signature:
+                    if not path.is_file():
                         continue
-                    compressed = is_gzip(path)
-                    ident = await asyncio.to_thread(identify, path, compressed, self.fmt)
-                    report = await self.ingest_file(path, compressed, ident)
-                except (OSError, EOFError, gzip.BadGzipFile):
-                    continue  # removed or rotated mid-read: the next pass sees its new state
+                    info = path.stat()
+                except OSError:
+                    continue  # removed meanwhile
+                signature = (info.st_ino, info.st_size, info.st_mtime_ns)
+                if self._unchanged.get(path) != signature:
+                    changed.append(path)
+                    signatures[path] = signature
+            # oldest first request first, like ingest(): a later file fed first would hold
+            # back the content of the earlier one under the cap
+            for report in await self.ingest(changed):
                 total.add(report.summary)
-                if ident is not None and ident.format is not None:
-                    self._unchanged[path] = signature
+                path = Path(report.path)
+                if report.note != "no complete line yet":
+                    # read to its end, of an unknown format, or failed: not read again until
+                    # it changes
+                    self._unchanged[path] = signatures[path]
+            if len(self._unchanged) > 100_000:
+                self._unchanged.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
         return total

@@ -47,6 +47,8 @@ async def cdn_cursor(ctx: ApiContext, call: Call) -> CdnCursorOut:
 
 
 async def cdn_fetches(ctx: ApiContext, call: Call) -> CdnBatchOut:
+    """Feed a batch; a fetch that fails validation is skipped and counted (``invalid
+    {field}``), never refusing the batch: that would stall the file's cursor for ever."""
     body: CdnBatchIn = call.body
     if body.end < body.start:
         raise validation_error([{"field": "end", "message": "must not be less than start"}])
@@ -60,4 +62,6 @@ async def cdn_fetches(ctx: ApiContext, call: Call) -> CdnBatchOut:
         [LogFetch(**fetch.model_dump()) for fetch in body.fetches],
     )
     summary, cursor = await _ingester(ctx, call).submit(batch)
+    for reason, count in body.invalid_fetches().items():
+        summary.skipped[reason] = summary.skipped.get(reason, 0) + count
     return CdnBatchOut(cursor=_cursor(cursor), summary=CdnSummaryOut(**summary.as_dict()))

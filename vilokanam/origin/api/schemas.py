@@ -9,9 +9,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from vilokanam.billing.cdnlogs.formats import (
+    MAX_CLIENT,
+    MAX_INT,
+    MAX_METHOD,
+    MAX_PATH,
+    MAX_QUERY,
+    MAX_REQUEST_ID,
+    MAX_TIME,
+    MAX_USER_AGENT,
+    MIN_TIME,
+)
 from vilokanam.config.settings import Rung
 from vilokanam.store.keys import SLUG_PATTERN, SLUG_RULE
 
@@ -403,17 +423,24 @@ class MeOut(BalanceOut):
 
 # -- CDN access logs (``vilokanam billing ingest-logs``) -------------------------------------
 class CdnFetchIn(_Request):
-    """One request parsed from a CDN access log line."""
+    """One request parsed from a CDN access log line. A batch's fetches are validated one by
+    one: an invalid one is skipped (counted in ``summary.skipped`` as ``invalid {field}``)."""
 
-    at: float = Field(description="Unix seconds (UTC) of the request, from the log line")
-    method: str = Field(max_length=16)
-    path: str = Field(max_length=4096, description="URL path, percent-decoded")
-    query: str = Field(default="", max_length=8192, description="Raw query string (the token)")
+    at: float = Field(
+        ge=MIN_TIME,
+        lt=MAX_TIME,
+        allow_inf_nan=False,
+        description="Unix seconds (UTC) of the request, from the log line (lines older than 30 "
+        "days or more than 5 minutes ahead are skipped as 'too old' / 'in the future')",
+    )
+    method: str = Field(max_length=MAX_METHOD)
+    path: str = Field(max_length=MAX_PATH, description="URL path, percent-decoded")
+    query: str = Field(default="", max_length=MAX_QUERY, description="Raw query string (token)")
     status: int = Field(ge=0, le=999)
-    bytes: int = Field(default=0, ge=0)
-    client: str = Field(default="", max_length=256)
-    user_agent: str = Field(default="", max_length=2048)
-    request_id: str = Field(default="", max_length=256)
+    bytes: int = Field(default=0, ge=0, le=MAX_INT)
+    client: str = Field(default="", max_length=MAX_CLIENT)
+    user_agent: str = Field(default="", max_length=MAX_USER_AGENT)
+    request_id: str = Field(default="", max_length=MAX_REQUEST_ID)
 
 
 CdnSource = Annotated[
@@ -424,19 +451,52 @@ CdnSource = Annotated[
         description="The log file's identity: a digest of its first line, ':', its name",
     ),
 ]
+MAX_CDN_FETCHES = 10_000
+"""Fetches per batch at most (more: 422; a body over 1 MiB: 413)."""
+CdnCount = Annotated[int, Field(ge=0, le=MAX_INT)]
 
 
 class CdnBatchIn(_Request):
     """Consecutive complete lines of one log file (bytes ``start`` to ``end``, uncompressed)
-    with the media requests among them; the file's cursor moves to ``end`` once they are fed."""
+    with the media requests among them; the file's cursor moves to ``end`` once they are fed.
+    One invalid fetch never refuses the batch (it would stall the file): it is skipped."""
 
     source: CdnSource
-    start: int = Field(ge=0)
-    end: int = Field(ge=0)
-    lines: int = Field(ge=0)
-    bad_lines: int = Field(default=0, ge=0, description="Lines not in the log's format")
-    other: int = Field(default=0, ge=0, description="Requests of anything but media")
-    fetches: list[CdnFetchIn] = Field(default_factory=list, max_length=10_000)
+    start: CdnCount
+    end: CdnCount
+    lines: CdnCount
+    bad_lines: CdnCount = Field(default=0, description="Lines not in the log's format")
+    other: CdnCount = Field(default=0, description="Requests of anything but media")
+    fetches: list[CdnFetchIn] = Field(default_factory=list, max_length=MAX_CDN_FETCHES)
+    _invalid: dict[str, int] = PrivateAttr(default_factory=dict)
+    """Fetches skipped as invalid, by reason (``invalid {field}``)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _skip_invalid_fetches(
+        cls, data: Any, handler: ModelWrapValidatorHandler[CdnBatchIn]
+    ) -> CdnBatchIn:
+        invalid: dict[str, int] = {}
+        if isinstance(data, dict):
+            fetches = data.get("fetches")
+            if isinstance(fetches, list) and len(fetches) <= MAX_CDN_FETCHES:
+                kept = []
+                for item in fetches:
+                    try:
+                        kept.append(CdnFetchIn.model_validate(item))
+                    except ValidationError as exc:
+                        errors = exc.errors()
+                        where = errors[0]["loc"][0] if errors and errors[0]["loc"] else "fetch"
+                        reason = f"invalid {where}"
+                        invalid[reason] = invalid.get(reason, 0) + 1
+                data = {**data, "fetches": kept}
+        batch = handler(data)
+        batch._invalid = invalid
+        return batch
+
+    def invalid_fetches(self) -> dict[str, int]:
+        """The fetches skipped as invalid, by reason."""
+        return dict(self._invalid)
 
 
 class CdnCursorQuery(BaseModel):
