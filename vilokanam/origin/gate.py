@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from vilokanam.billing.tokens import Claims, TokenError, verify
+from vilokanam.origin.filecache import CachedFile, MemoryFileResponse
 from vilokanam.store import ChannelNotFound
 
 if TYPE_CHECKING:
@@ -229,7 +230,9 @@ class _BilledFile(web.FileResponse):
     """A file response that calls ``on_sent`` after sending a GET's body (not a HEAD, a 304,
     or a send the client broke off)."""
 
-    def __init__(self, path: Path, headers: dict[str, str], on_sent: Callable[[], None]) -> None:
+    def __init__(
+        self, path: str | Path, headers: dict[str, str], on_sent: Callable[[], None]
+    ) -> None:
         super().__init__(path, headers=headers)
         self._on_sent = on_sent
 
@@ -238,6 +241,21 @@ class _BilledFile(web.FileResponse):
         if request.method == "GET" and self.status in (200, 206):
             self._on_sent()
         return writer
+
+
+def billed_response(
+    file: str | Path,
+    headers: dict[str, str],
+    on_sent: Callable[[], None] | None,
+    cached: CachedFile | None = None,
+) -> web.StreamResponse:
+    """``file`` from memory (``cached``, a plain GET/HEAD) or from disk, calling ``on_sent``
+    (if any) once its body went out whole to a GET: 200 from memory, 200 or 206 from disk."""
+    if cached is not None:
+        return MemoryFileResponse(cached, headers, on_sent)
+    if on_sent is None:
+        return web.FileResponse(file, headers=headers)
+    return _BilledFile(file, headers, on_sent)
 
 
 # -- the gate ----------------------------------------------------------------------------------
@@ -307,26 +325,33 @@ class BillingGate:
         return claims
 
     def serve_segment(
-        self, request: web.Request, file: Path, headers: dict[str, str], admission: Admission
+        self,
+        request: web.Request,
+        file: Path,
+        headers: dict[str, str],
+        admission: Admission,
+        cached: CachedFile | None = None,
     ) -> web.StreamResponse:
-        """``file``, billed once it went out whole to a GET (200, or 206 for a range). A media
-        segment whose duration is unknown (an ended stream's segment outside the playlist on
-        disk) is a 404: nothing of a priced channel is watched unbilled."""
+        """``file`` (from memory if ``cached``), billed once it went out whole to a GET (200,
+        or 206 for a range); see :meth:`segment_billing`."""
+        return billed_response(file, headers, self.segment_billing(file, admission), cached)
+
+    def segment_billing(self, file: Path, admission: Admission) -> Callable[[], None] | None:
+        """What bills ``file`` to the admitted viewer once sent: None for an init segment or
+        another non-media file (not billed). A media segment whose duration is unknown (an
+        ended stream's segment outside the playlist on disk) is a 404: nothing of a priced
+        channel is watched unbilled."""
         match = SEGMENT_NAME.fullmatch(file.name)
-        if match is None:  # an init segment or another non-media file: not billed
-            return web.FileResponse(file, headers=headers)
+        if match is None:
+            return None
         session_id, sequence = int(match[1]), int(match[2])
         duration = self.durations.duration(session_id, sequence, file)
         if duration is None or not duration > 0:
             self.unknown_durations += 1
             log.warning("%s: duration unknown, refused (it could not be billed)", file.name)
             raise web.HTTPNotFound(text="not found")
-        return _BilledFile(
-            file,
-            headers,
-            lambda: self.service.note_fetch(
-                admission.viewer_id, admission.channel, session_id, sequence, duration
-            ),
+        return lambda: self.service.note_fetch(
+            admission.viewer_id, admission.channel, session_id, sequence, duration
         )
 
     def note_playlist(self, admission: Admission, prefix: str) -> None:

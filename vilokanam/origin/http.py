@@ -5,21 +5,31 @@ Only files inside the stream's media folder are served; anything else is a 404, 
 path tries (``..``, absolute paths, encoded separators). A file that is not on local disk but
 has a public URL (S3 behind a CDN: recorded segments leave the local disk) is a 302 there.
 Priced channels pass the billing gate for live and VOD alike.
+
+Media files (segments, init segments, posters) are sent from memory when a plain GET or HEAD
+finds them in the :class:`~vilokanam.origin.filecache.FileCache` (checked against a fresh stat
+every time); playlists are read from disk on every request.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 from aiohttp import web
 
 from vilokanam.config import Settings
+from vilokanam.origin.filecache import FileCache, plain_request
 from vilokanam.origin.gate import (
     Admission,
     BillingGate,
     Refused,
+    billed_response,
     map_uris,
     sign_playlist,
     with_token,
@@ -43,8 +53,12 @@ VIEWERS = web.AppKey("viewers", ViewerCounter)
 GATE = web.AppKey("billing_gate", BillingGate)
 RESOLVE_VOD = web.AppKey("resolve_vod", VodResolver)
 PUBLIC_URL = web.AppKey("public_url", PublicUrl)
+FILE_CACHE = web.AppKey("file_cache", FileCache)
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_SAFE_PATH = re.compile(rf"(?:{_PART}/){{0,2}}{_PART}")
+"""One to three ``_SAFE_PART``s joined by ``/`` (so no part starts with a dot)."""
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 _STREAM_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 MAX_STREAM_ID = 2**63 - 1
@@ -52,59 +66,87 @@ MAX_STREAM_ID = 2**63 - 1
 
 def safe_relative(path: str) -> str | None:
     """``path`` if every part is a plain file/folder name (no ``..``, no hidden files)."""
-    parts = path.split("/")
-    if not parts or len(parts) > 3 or not all(_SAFE_PART.fullmatch(part) for part in parts):
-        return None
-    if any(part.startswith(".") or ".." in part for part in parts):
+    if _SAFE_PATH.fullmatch(path) is None or ".." in path:
         return None
     return path
 
 
-def _add_cors(headers: MutableMapping[str, str], origin: str) -> None:
-    headers["Access-Control-Allow-Origin"] = origin
-    headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
-    headers["Access-Control-Allow-Headers"] = "Range, Authorization"
-    headers["Access-Control-Expose-Headers"] = "Content-Length, Content-Range"
+def cors_headers(origin: str) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+        "Access-Control-Allow-Headers": "Range, Authorization",
+        "Access-Control-Expose-Headers": "Content-Length, Content-Range",
+    }
 
 
-@web.middleware
-async def cors_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def cors_middleware(origin: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Browser players (hls.js on another origin) need CORS on every media response."""
-    origin = request.app[CORS_ORIGIN]
-    if request.method == "OPTIONS":
-        response: web.StreamResponse = web.Response(status=204)
-    else:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            _add_cors(exc.headers, origin)
-            raise
-    _add_cors(response.headers, origin)
-    return response
+    cors = cors_headers(origin)
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            response: web.StreamResponse = web.Response(status=204)
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                exc.headers.update(cors)
+                raise
+        response.headers.update(cors)
+        return response
+
+    return middleware
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """What the media handlers need, read from the app once (at :func:`create_app`)."""
+
+    root: str
+    resolve_media: MediaResolver
+    files: FileCache
+    viewers: ViewerCounter | None = None
+    gate: BillingGate | None = None
+    resolve_vod: VodResolver | None = None
+    public_url: PublicUrl | None = None
+
+
+_ORIGIN = web.AppKey("origin", _Origin)
+_HEADERS = {
+    suffix: {"Cache-Control": cache_control(f"file{suffix}"), "Content-Type": content_type}
+    for suffix, content_type in CONTENT_TYPES.items()
+}
+"""Suffix → the headers of a file with it (the copy a response makes is its own)."""
+_MISSING = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+"""What ``Path.is_file`` took for "not a file" rather than raise."""
 
 
 async def serve_live(request: web.Request) -> web.StreamResponse:
-    slug = request.match_info["slug"]
-    relpath = safe_relative(request.match_info["path"])
+    match_info = request.match_info
+    slug = match_info["slug"]
+    relpath = safe_relative(match_info["path"])
     if not _SLUG.fullmatch(slug) or relpath is None:
         raise web.HTTPNotFound(text="not found")
-    admission = await _admit(request, slug, relpath)
+    origin = request.app[_ORIGIN]
+    admission = await _admit(request, origin, slug, relpath)
     if isinstance(admission, web.Response):
         return admission
-    resolve = request.app[RESOLVE_MEDIA]
-    prefix = resolve(slug)
+    prefix = origin.resolve_media(slug)
     if prefix is None:
         raise web.HTTPNotFound(text=f"channel {slug!r} is not streaming")
-    return _send(request, prefix, relpath, admission, count_viewer=slug)
+    return await _send(request, origin, prefix, relpath, admission, count_viewer=slug)
 
 
 async def serve_vod(request: web.Request) -> web.StreamResponse:
     """A recorded stream: ``/vod/{id}/X`` is storage ``{prefix}/X``, under the same rules."""
     raw = request.match_info["stream_id"]
     relpath = safe_relative(request.match_info["path"])
-    resolve = request.app.get(RESOLVE_VOD)
+    origin = request.app[_ORIGIN]
+    resolve = origin.resolve_vod
     if relpath is None or resolve is None or not _STREAM_ID.fullmatch(raw):
         raise web.HTTPNotFound(text="not found")
     if int(raw) > MAX_STREAM_ID:
@@ -112,16 +154,18 @@ async def serve_vod(request: web.Request) -> web.StreamResponse:
     location = await resolve(int(raw))
     if location is None:
         raise web.HTTPNotFound(text=f"no VOD {raw}")
-    admission = await _admit(request, location.slug, relpath)
+    admission = await _admit(request, origin, location.slug, relpath)
     if isinstance(admission, web.Response):
         return admission
-    return _send(request, location.prefix, relpath, admission)
+    return await _send(request, origin, location.prefix, relpath, admission)
 
 
-async def _admit(request: web.Request, slug: str, relpath: str) -> Admission | web.Response | None:
+async def _admit(
+    request: web.Request, origin: _Origin, slug: str, relpath: str
+) -> Admission | web.Response | None:
     """The billing gate's answer for a priced channel (an Admission, or the refusal to send);
     None for a free one. Posters stay public; playlists and media do not."""
-    gate = request.app.get(GATE)
+    gate = origin.gate
     if gate is None or relpath.endswith(".jpg"):
         return None
     try:
@@ -130,8 +174,9 @@ async def _admit(request: web.Request, slug: str, relpath: str) -> Admission | w
         return refused.response()
 
 
-def _send(
+async def _send(
     request: web.Request,
+    origin: _Origin,
     prefix: str,
     relpath: str,
     admission: Admission | None,
@@ -141,38 +186,74 @@ def _send(
     """The file ``{prefix}/{relpath}``: signed (playlists) and billed (segments) when admitted;
     a 302 to its public URL when it is not on local disk; else 404. ``count_viewer``: the slug
     whose live viewers this request counts for."""
-    suffix = Path(relpath).suffix
-    if suffix not in CONTENT_TYPES:
+    name = relpath.rpartition("/")[2]
+    dot = name.rfind(".")
+    suffix = name[dot:] if dot > 0 else ""
+    headers = _HEADERS.get(suffix)
+    if headers is None:
         raise web.HTTPNotFound(text="not found")
-    file = request.app[MEDIA_ROOT] / prefix / relpath
-    if not file.is_file():
-        return _redirect(request, f"{prefix}/{relpath}", admission)
-    headers = {"Cache-Control": cache_control(file.name), "Content-Type": CONTENT_TYPES[suffix]}
-    viewers = request.app.get(VIEWERS)
+    root = origin.root
+    path = (
+        f"{root}/{prefix}/{relpath}" if prefix[:1] != "/" else os.path.join(root, prefix, relpath)
+    )
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except OSError as exc:
+        if exc.errno not in _MISSING:
+            raise
+        st = None
+    if st is None or not S_ISREG(st.st_mode):
+        origin.files.discard(path)  # gone from local disk: free its memory now
+        return _redirect(request, origin, f"{prefix}/{relpath}", admission)
+    viewers = origin.viewers
     if viewers is not None and count_viewer is not None and suffix != ".jpg":
         viewer = None if admission is None else admission.viewer_id
         viewers.note(count_viewer, viewer_identity(request, viewer))
-    gate = request.app.get(GATE)
+    gate = origin.gate
     if suffix == ".m3u8":
         # Small and replaced atomically: read whole so a rename mid-send cannot mix versions.
-        body = file.read_bytes()
+        # Never cached: playlists change.
+        body = _read_whole(path, st.st_size)
         if admission is not None and gate is not None:
-            text = _playlists_here(request, body.decode(), prefix, relpath)
+            text = _playlists_here(request, origin, body.decode(), prefix, relpath)
             body = sign_playlist(text, admission.token).encode()
             if relpath.endswith("/index.m3u8"):  # a media playlist: the player is polling
                 gate.note_playlist(admission, prefix)
         return web.Response(body=body, headers=headers)
+    on_sent = None
     if admission is not None and gate is not None:
-        return gate.serve_segment(request, file, headers, admission)
-    return web.FileResponse(file, headers=headers)
+        on_sent = gate.segment_billing(Path(path), admission)  # a 404 if it cannot be billed
+    files = origin.files
+    cached = None
+    if files.cacheable(st) and plain_request(request):
+        cached = files.get(path, st) or await files.load(path)
+    return billed_response(path, headers, on_sent, cached)
 
 
-def _playlists_here(request: web.Request, text: str, prefix: str, relpath: str) -> str:
+def _read_whole(path: str, size: int) -> bytes:
+    """The file at ``path`` now (``size``: its size when last seen; it may have been replaced
+    since): usually one ``read``, since a short read of a regular file is its end."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size + 1)
+        if len(data) <= size:
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _playlists_here(
+    request: web.Request, origin: _Origin, text: str, prefix: str, relpath: str
+) -> str:
     """A priced channel's playlist, for a CDN setup (media at a public URL): its media
     playlists come from this origin, which signs them (a master pointing at the CDN would
     send players to unsigned playlists), while its segments come from the CDN with the token,
     where the CDN's access logs bill them."""
-    public_url = request.app.get(PUBLIC_URL)
+    public_url = origin.public_url
     base = public_url(f"{prefix}/") if public_url is not None else None
     if base is None:
         return text
@@ -182,13 +263,15 @@ def _playlists_here(request: web.Request, text: str, prefix: str, relpath: str) 
     return map_uris(text, lambda uri: uri if "://" in uri else public_url(folder + uri) or uri)
 
 
-def _redirect(request: web.Request, relpath: str, admission: Admission | None) -> web.Response:
+def _redirect(
+    request: web.Request, origin: _Origin, relpath: str, admission: Admission | None
+) -> web.Response:
     """302 to where the storage keeps ``relpath`` for players (S3 behind a CDN), or 404.
 
     A priced channel's media keeps its token (the CDN's access logs bill it); its playlists
     are never redirected, since only this origin can sign them.
     """
-    public_url = request.app.get(PUBLIC_URL)
+    public_url = origin.public_url
     url = public_url(relpath) if public_url is not None else None
     if url is None or (admission is not None and relpath.endswith(".m3u8")):
         raise web.HTTPNotFound(text="not found")
@@ -232,11 +315,13 @@ def create_app(
     gate: BillingGate | None = None,
     resolve_vod: VodResolver | None = None,
     public_url: PublicUrl | None = None,
+    file_cache: FileCache | None = None,
 ) -> web.Application:
     """The origin app; ``metrics`` adds request metrics and ``/metrics``, ``viewers`` counting,
     ``gate`` playback tokens and billing for priced channels, ``resolve_vod`` the VODs under
-    ``/vod/``, ``public_url`` redirects for files that are not on local disk."""
-    middlewares = [cors_middleware]
+    ``/vod/``, ``public_url`` redirects for files that are not on local disk, ``file_cache``
+    the media files kept in memory (default: a :class:`FileCache` of 256 MiB)."""
+    middlewares = [cors_middleware(settings.http.cors_origin)]
     if metrics is not None:
         middlewares.insert(0, metrics_middleware(metrics))  # outermost: sees the final status
     app = web.Application(middlewares=middlewares)
@@ -251,6 +336,11 @@ def create_app(
         app[RESOLVE_VOD] = resolve_vod
     if public_url is not None:
         app[PUBLIC_URL] = public_url
+    files = FileCache() if file_cache is None else file_cache
+    app[FILE_CACHE] = files
+    app[_ORIGIN] = _Origin(
+        str(media_root), resolve_media, files, viewers, gate, resolve_vod, public_url
+    )
     app.router.add_get("/healthz", healthz)
     if metrics is not None:
         app[METRICS] = metrics
