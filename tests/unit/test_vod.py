@@ -403,8 +403,9 @@ async def test_a_priced_channel_behind_a_cdn_gets_signed_playlists_here_and_medi
     world: World,
 ) -> None:
     """The stored master points at the CDN; a priced viewer's master points back here (only
-    this origin signs playlists) and its media playlist sends segments to the CDN with the
-    token, where the CDN's logs bill them. Free viewers get the stored text unchanged."""
+    this origin signs playlists). A live media playlist (polled) sends segments to the CDN with
+    the token, where the CDN's logs bill them; a VOD's (fetched once) keeps them here, so the
+    gate checks every segment. Free viewers get the stored text unchanged."""
     billing = FakeBilling()
     cdn = "https://cdn.example/media"
     app = _origin_app(world, billing, cdn)
@@ -416,11 +417,19 @@ async def test_a_priced_channel_behind_a_cdn_gets_signed_playlists_here_and_medi
     async with TestClient(TestServer(app)) as client:
         master = await (await client.get(f"/vod/{paid}/master.m3u8?token={tok}")).text()
         assert master.splitlines()[-1] == f"source/index.m3u8?token={tok}"
-        media = await (await client.get(f"/vod/{paid}/source/index.m3u8?token={tok}")).text()
+        assert (7, paid) in billing.asked, "a VOD's preview and balance are the VOD's session"
+
+        async def media_uris() -> list[str]:
+            media = await (await client.get(f"/vod/{paid}/source/index.m3u8?token={tok}")).text()
+            return [line for line in media.splitlines() if line and not line.startswith("#")]
+
+        assert await media_uris() == [f"s{paid}-seg-{n}.m4s?token={tok}" for n in range(3)]
+        playlist = world.folder(paid) / "source" / "index.m3u8"
+        playlist.write_text(playlist.read_text().replace("#EXT-X-ENDLIST\n", ""))  # live
         folder = f"{cdn}/streams/{paid}/source"
+        assert await media_uris() == [f"{folder}/s{paid}-seg-{n}.m4s?token={tok}" for n in range(3)]
+        media = await (await client.get(f"/vod/{paid}/source/index.m3u8?token={tok}")).text()
         assert f'#EXT-X-MAP:URI="{folder}/s{paid}-init.mp4?token={tok}"' in media
-        uris = [line for line in media.splitlines() if line and not line.startswith("#")]
-        assert uris == [f"{folder}/s{paid}-seg-{n}.m4s?token={tok}" for n in range(3)]
         free_master = await (await client.get(f"/vod/{free}/master.m3u8")).text()
         assert free_master.splitlines()[-1] == f"{cdn}/streams/{free}/source/index.m3u8"
 

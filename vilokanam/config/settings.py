@@ -52,6 +52,8 @@ class HttpSettings(_Section):
     cors_origin: str = "*"
     viewer_timeout: Seconds = 30.0
     """A viewer counts as watching while it fetched a playlist or segment this recently."""
+    file_cache_mb: Annotated[int, Field(ge=0, le=65536)] = 256
+    """Media files kept in memory for serving (segments never change), MiB; 0: off."""
     trusted_proxies: list[str] = Field(default_factory=list)
     """Addresses or networks of caches in front of this origin (nginx, a CDN's edges) whose
     ``X-Forwarded-For`` names the real client, for viewer counts."""

@@ -283,15 +283,19 @@ class BillingGate:
         """Tokens whose signature was checked (expiry and channel are checked every time)."""
         self.unknown_durations = 0
 
-    async def admit(self, request: web.Request, slug: str) -> Admission | None:
-        """None for a free (or unknown) channel; an Admission, or :class:`Refused`."""
+    async def admit(
+        self, request: web.Request, slug: str, session_id: int | None = None
+    ) -> Admission | None:
+        """None for a free (or unknown) channel; an Admission, or :class:`Refused`.
+        ``session_id``: the stream the request is for when the URL says so (a VOD)."""
         channel = await self.channels.get(slug)
         if channel is None or channel.price_per_second <= 0:
             return None
         token = request.query.get("token", "")
         claims = self._claims(token, slug)
         await self.service.ensure_loaded(claims.viewer_id)
-        reason = self.service.allowance(claims.viewer_id, channel, self._session(request, slug))
+        session = session_id if session_id is not None else self._session(request, slug)
+        reason = self.service.allowance(claims.viewer_id, channel, session)
         if reason is not None:
             raise Refused(402, reason)
         return Admission(claims.viewer_id, token, channel)

@@ -13,6 +13,7 @@ every time); playlists are read from disk on every request.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import re
@@ -55,6 +56,8 @@ RESOLVE_VOD = web.AppKey("resolve_vod", VodResolver)
 PUBLIC_URL = web.AppKey("public_url", PublicUrl)
 FILE_CACHE = web.AppKey("file_cache", FileCache)
 
+BIG_PLAYLIST = 256 * 1024
+"""Bytes of playlist text above which signing runs in a thread."""
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _SAFE_PATH = re.compile(rf"(?:{_PART}/){{0,2}}{_PART}")
@@ -154,14 +157,18 @@ async def serve_vod(request: web.Request) -> web.StreamResponse:
     location = await resolve(int(raw))
     if location is None:
         raise web.HTTPNotFound(text=f"no VOD {raw}")
-    admission = await _admit(request, origin, location.slug, relpath)
+    admission = await _admit(request, origin, location.slug, relpath, location.session_id)
     if isinstance(admission, web.Response):
         return admission
     return await _send(request, origin, location.prefix, relpath, admission)
 
 
 async def _admit(
-    request: web.Request, origin: _Origin, slug: str, relpath: str
+    request: web.Request,
+    origin: _Origin,
+    slug: str,
+    relpath: str,
+    session_id: int | None = None,
 ) -> Admission | web.Response | None:
     """The billing gate's answer for a priced channel (an Admission, or the refusal to send);
     None for a free one. Posters stay public; playlists and media do not."""
@@ -169,7 +176,7 @@ async def _admit(
     if gate is None or relpath.endswith(".jpg"):
         return None
     try:
-        return await gate.admit(request, slug)
+        return await gate.admit(request, slug, session_id)
     except Refused as refused:
         return refused.response()
 
@@ -216,7 +223,10 @@ async def _send(
         body = _read_whole(path, st.st_size)
         if admission is not None and gate is not None:
             text = _playlists_here(request, origin, body.decode(), prefix, relpath)
-            body = sign_playlist(text, admission.token).encode()
+            if len(text) > BIG_PLAYLIST:  # a long VOD: megabytes to rewrite, off the loop
+                body = await asyncio.to_thread(_signed, text, admission.token)
+            else:
+                body = _signed(text, admission.token)
             if relpath.endswith("/index.m3u8"):  # a media playlist: the player is polling
                 gate.note_playlist(admission, prefix)
         return web.Response(body=body, headers=headers)
@@ -246,19 +256,27 @@ def _read_whole(path: str, size: int) -> bytes:
         os.close(fd)
 
 
+def _signed(text: str, token: str) -> bytes:
+    return sign_playlist(text, token).encode()
+
+
 def _playlists_here(
     request: web.Request, origin: _Origin, text: str, prefix: str, relpath: str
 ) -> str:
     """A priced channel's playlist, for a CDN setup (media at a public URL): its media
     playlists come from this origin, which signs them (a master pointing at the CDN would
-    send players to unsigned playlists), while its segments come from the CDN with the token,
-    where the CDN's access logs bill them."""
+    send players to unsigned playlists). A live media playlist lists its segments on the CDN
+    with the token (the CDN's access logs bill them; the player polls, so the gate checks
+    the balance every few seconds). An ended one (a VOD) is fetched once: its segments stay
+    on this origin, so the gate checks each request, then serves or redirects it."""
     public_url = origin.public_url
     base = public_url(f"{prefix}/") if public_url is not None else None
     if base is None:
         return text
     if "/" not in relpath:  # the master: variants back to this origin, relative
         return map_uris(text, lambda uri: uri.removeprefix(base))
+    if "#EXT-X-ENDLIST" in text:
+        return text
     folder = f"{prefix}/{relpath.rsplit('/', 1)[0]}/"
     return map_uris(text, lambda uri: uri if "://" in uri else public_url(folder + uri) or uri)
 
@@ -320,7 +338,7 @@ def create_app(
     """The origin app; ``metrics`` adds request metrics and ``/metrics``, ``viewers`` counting,
     ``gate`` playback tokens and billing for priced channels, ``resolve_vod`` the VODs under
     ``/vod/``, ``public_url`` redirects for files that are not on local disk, ``file_cache``
-    the media files kept in memory (default: a :class:`FileCache` of 256 MiB)."""
+    the media files kept in memory (default: ``http.file_cache_mb``)."""
     middlewares = [cors_middleware(settings.http.cors_origin)]
     if metrics is not None:
         middlewares.insert(0, metrics_middleware(metrics))  # outermost: sees the final status
@@ -336,7 +354,9 @@ def create_app(
         app[RESOLVE_VOD] = resolve_vod
     if public_url is not None:
         app[PUBLIC_URL] = public_url
-    files = FileCache() if file_cache is None else file_cache
+    if file_cache is None:
+        file_cache = FileCache(max_bytes=settings.http.file_cache_mb * 1024 * 1024)
+    files = file_cache
     app[FILE_CACHE] = files
     app[_ORIGIN] = _Origin(
         str(media_root), resolve_media, files, viewers, gate, resolve_vod, public_url
