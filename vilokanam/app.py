@@ -29,6 +29,7 @@ from vilokanam.origin.metrics import ServerMetrics
 from vilokanam.origin.storage import LocalStorage, Storage
 from vilokanam.origin.viewers import TRUSTED_PROXIES, ViewerCounter, feed_viewer_counts
 from vilokanam.origin.vod import RetentionTask, VodCatalogue
+from vilokanam.packager.recovery import recover_sessions
 from vilokanam.store import Store
 
 log = logging.getLogger("vilokanam")
@@ -89,6 +90,8 @@ class VilokanamServer:
             }
         )
         self._viewer_task: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        """Ending the playlists of streams a crash left open (see packager.recovery)."""
         self.rtmp = RtmpServer(settings, self.manager)
         self.runner: web.AppRunner | None = None
         self.http_port = settings.http.port
@@ -96,10 +99,13 @@ class VilokanamServer:
     async def start(self) -> None:
         if self.store.applied_migrations:
             log.info("database migrated: %s", ", ".join(self.store.applied_migrations))
+        abandoned = await asyncio.to_thread(self.store.unfinished_sessions)
         stale = await asyncio.to_thread(self.store.end_unfinished_sessions)
         if stale:
             log.info("ended %d stream session(s) left open by an earlier run", stale)
         await self.storage.start()
+        if abandoned:  # in the background: an unreachable S3 must not hold the start
+            self._recovery = asyncio.create_task(recover_sessions(self.storage, abandoned))
         await self.webhooks.start()
         await self.billing.start()
         await self.settler.start()
@@ -191,9 +197,10 @@ class VilokanamServer:
         )
 
     async def stop(self) -> None:
-        if self._viewer_task is not None:
-            self._viewer_task.cancel()
-            await asyncio.gather(self._viewer_task, return_exceptions=True)
+        for task in (self._viewer_task, self._recovery):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.rtmp.stop()
         await self.manager.shutdown()
         await self.retention.stop()

@@ -327,6 +327,12 @@ class Store:
             "active_sessions": live + by_state.get(SessionState.STARTING, 0),
         }
 
+    def unfinished_sessions(self) -> list[int]:
+        """Ids of sessions not ended (at start-up: what a crashed server left open)."""
+        with self.session() as db:
+            query = select(StreamSession.id).where(StreamSession.state != SessionState.ENDED)
+            return [session_id for session_id in db.exec(query) if session_id is not None]
+
     def end_unfinished_sessions(self) -> int:
         """At start-up: sessions a crashed server left open are ended now."""
         with self.session() as db:
