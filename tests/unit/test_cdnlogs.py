@@ -877,10 +877,14 @@ def test_live_viewer_counts_only_from_the_current_live_session(world: World) -> 
 
 def test_remote_target_waits_for_the_server_and_goes_on(world: World) -> None:
     from vilokanam.billing.cdnlogs.ingest import Batch
-    from vilokanam.cli.backend import ServerUnreachable
+    from vilokanam.cli.backend import ServerUnavailable, ServerUnreachable
     from vilokanam.cli.cdnlogs import RemoteTarget
 
-    answers: list[Any] = [None, ServerUnreachable("connection refused")]
+    answers: list[Any] = [
+        None,
+        ServerUnreachable("connection refused"),
+        ServerUnavailable("HTTP 503: restarting"),
+    ]
     sent: list[dict[str, Any]] = []
 
     class Api:
@@ -906,7 +910,7 @@ def test_remote_target_waits_for_the_server_and_goes_on(world: World) -> None:
 
     summary, cursor = asyncio.run(go())
     assert cursor.offset == 10 and summary.lines == 1 and len(sent) == 1
-    assert len(said) == 3 and all(text.startswith("waiting for the server") for text in said)
+    assert len(said) == 4 and all(text.startswith("waiting for the server") for text in said)
 
 
 def test_cli_watch_never_bills_in_process(world: World, tmp_path: Path) -> None:
@@ -943,3 +947,38 @@ def test_cli_watch_never_bills_in_process(world: World, tmp_path: Path) -> None:
         _, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
     assert Ledger(world.store).viewer_balance(world.ann) == 10_000_000
+
+
+def test_a_503_from_the_server_is_unavailable_not_a_final_error() -> None:
+    """What a restarting server (or a proxy in front of it) answers is retried by --watch."""
+    import http.server
+    import threading
+
+    from vilokanam.cli.backend import CliError, RemoteBackend, ServerUnavailable
+
+    status = [503]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"error": "billing_unavailable", "detail": "restarting"}'
+            self.send_response(status[0])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = RemoteBackend(f"http://127.0.0.1:{server.server_address[1]}", "t" * 20)
+        with pytest.raises(ServerUnavailable, match="billing_unavailable"):
+            api.cdn_cursor("k:a")
+        status[0] = 404
+        with pytest.raises(CliError) as error:
+            api.cdn_cursor("k:a")
+        assert not isinstance(error.value, ServerUnavailable)
+    finally:
+        server.shutdown()

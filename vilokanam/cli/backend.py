@@ -34,6 +34,10 @@ class ServerUnreachable(CliError):
     """Nothing answered at the server's address (not running, wrong port)."""
 
 
+class ServerUnavailable(CliError):
+    """The server (or a proxy in front) answered 502/503/504: restarting, or a part is off."""
+
+
 def store_error(exc: Exception) -> CliError:
     """A store refusal worded like the API's error for it (same code, same exit status)."""
     from vilokanam.store import ChannelExists, ChannelNotFound, InvalidField, SessionNotFound
@@ -109,7 +113,8 @@ class RemoteBackend:
                 else ""
             )
             exit_code = 2 if exc.code in (400, 422) else 1
-            raise CliError(describe_api_error(exc.code, payload) + hint, exit_code) from None
+            kind = ServerUnavailable if exc.code in (502, 503, 504) else CliError
+            raise kind(describe_api_error(exc.code, payload) + hint, exit_code) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ServerUnreachable(

@@ -28,7 +28,13 @@ import typer
 
 from vilokanam.billing.cdnlogs.formats import FORMATS
 from vilokanam.cli import output
-from vilokanam.cli.backend import CliError, LocalBackend, RemoteBackend, ServerUnreachable
+from vilokanam.cli.backend import (
+    CliError,
+    LocalBackend,
+    RemoteBackend,
+    ServerUnavailable,
+    ServerUnreachable,
+)
 from vilokanam.cli.options import ConfigOption, JsonOption, ServerOption, TokenOption, backend
 from vilokanam.cli.runner import run
 
@@ -72,7 +78,8 @@ class RemoteTarget:
 
     ``api``: the server's API, or a function giving it (None while there is none yet: the local
     server has not written its token). With ``wait`` an unreachable server is waited for,
-    retrying with backoff until it answers or ``stop`` is set; else it is an error."""
+    retrying with backoff until it answers or ``stop`` is set (so is a 502/503/504); else it
+    is an error."""
 
     def __init__(
         self,
@@ -100,7 +107,7 @@ class RemoteTarget:
                 if api is None:
                     raise ServerUnreachable("the local server has not started yet (no API token)")
                 return await asyncio.to_thread(call, api)
-            except ServerUnreachable as exc:
+            except (ServerUnreachable, ServerUnavailable) as exc:  # down, or restarting
                 if not self.wait:
                     raise
                 self.say(f"waiting for the server: {exc}; retrying in {delay:.0f} s")
