@@ -9,7 +9,6 @@ the tests skip, or fail in CI (``VILOKANAM_REQUIRE_ALL=1``).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -21,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.outside import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / ".cache" / "chopsticks"
@@ -35,17 +36,11 @@ FUNDS = 10**18
 _LISTENING = re.compile(r"RPC listening on .*ws://127\.0\.0\.1:(\d+)")
 
 
-def _unavailable(message: str) -> None:
-    if os.environ.get("VILOKANAM_REQUIRE_ALL") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def install(home: Path = HOME) -> Path:
     """Install chopsticks into ``home`` with npm if missing and write ``genesis.json``."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        _unavailable("node/npm not installed (needed to run the chopsticks chain); `.ci/run` does")
+        unavailable("node/npm not installed (needed to run the chopsticks chain); `.ci/run` does")
     assert node is not None and npm is not None
     home.mkdir(parents=True, exist_ok=True)
     if not (home / ENTRY).exists():
@@ -55,7 +50,7 @@ def install(home: Path = HOME) -> Path:
             cwd=home, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         if result.returncode or not (home / ENTRY).exists():
-            _unavailable(f"npm install of chopsticks failed: {result.stderr[-2000:]}")
+            unavailable(f"npm install of chopsticks failed: {result.stderr[-2000:]}")
     genesis = home / "genesis.json"
     if not genesis.exists() or genesis.stat().st_size == 0:
         script = (

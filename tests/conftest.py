@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.outside import free_port, unavailable
 from vilokanam.config import Settings
 
 pytest_plugins = ["tests.postgres", "tests.chain", "tests.s3", "tests.nginx"]
@@ -24,17 +24,8 @@ def require_tool(name: str, why: str) -> str:
     """Path of an outside program; missing → skip here, fail in CI (VILOKANAM_REQUIRE_ALL=1)."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} not installed ({why}); `.ci/run` installs it"
-        if REQUIRE_ALL:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{name} not installed ({why}); `.ci/run` installs it")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def make_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:

@@ -11,7 +11,6 @@ prefix (``nginx -p``), and as root it runs as ``nobody`` (``$VILOKANAM_NGINX_USE
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -25,16 +24,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.outside import as_unprivileged, free_port, unavailable
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cdn.md"
 MARKER = "<!-- vilokanam-nginx-conf"
 JSON_LOG = "vilokanam.json.log"
 COMBINED_LOG = "vilokanam.log"
-
-
-def _unavailable(message: str) -> None:
-    if os.environ.get("VILOKANAM_REQUIRE_ALL") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def nginx_binary() -> str:
@@ -43,8 +38,7 @@ def nginx_binary() -> str:
         "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
     )
     if found is None:
-        _unavailable("nginx not installed (Debian: apt-get install nginx); `.ci/run` installs it")
-        raise AssertionError  # unreachable
+        unavailable("nginx not installed (Debian: apt-get install nginx); `.ci/run` installs it")
     return found
 
 
@@ -97,32 +91,6 @@ def main_config(prefix: Path) -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _as_owner(prefix: Path) -> list[str]:
-    """Prefix that runs nginx as an unprivileged owner of ``prefix`` (empty unless root)."""
-    if os.geteuid() != 0:
-        return []
-    user = os.environ.get("VILOKANAM_NGINX_USER", "nobody")
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        _unavailable(f"user {user!r} not found: nginx is not run as root in tests")
-        raise AssertionError from None  # unreachable
-    for path in [prefix, *prefix.rglob("*")]:
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    if runuser := shutil.which("runuser"):
-        return [runuser, "-u", user, "--"]
-    if setpriv := shutil.which("setpriv"):
-        return [setpriv, f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
-    _unavailable("running as root without runuser or setpriv: nginx is not run as root in tests")
-    raise AssertionError  # unreachable
-
-
 @dataclass
 class Nginx:
     prefix: Path
@@ -166,10 +134,13 @@ def launch(binary: str, origin: str) -> Nginx:
     prefix = Path(tempfile.mkdtemp(prefix="vilokanam-nginx-"))
     for folder in ("conf", "logs", "cache", "tmp"):
         (prefix / folder).mkdir()
-    port = _free_port()
+    port = free_port()
     (prefix / "conf" / "vilokanam.conf").write_text(render_config(origin, port, prefix))
     (prefix / "conf" / "nginx.conf").write_text(main_config(prefix))
-    command = [*_as_owner(prefix), binary, "-p", f"{prefix}/", "-c", "conf/nginx.conf",
+    as_owner = as_unprivileged(
+        prefix, user_env="VILOKANAM_NGINX_USER", refusal="nginx is not run as root in tests"
+    )
+    command = [*as_owner, binary, "-p", f"{prefix}/", "-c", "conf/nginx.conf",
                "-e", "logs/error.log"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     nginx = Nginx(prefix, port, process)

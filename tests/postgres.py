@@ -11,9 +11,7 @@ from __future__ import annotations
 import glob
 import itertools
 import os
-import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.outside import as_unprivileged, free_port, unavailable
 
 NEEDED = ("initdb", "pg_ctl", "postgres")
 SERVER_OPTIONS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -50,18 +50,6 @@ def find_bindir() -> Path | None:
 def _version(path: str) -> int:
     part = Path(path).parent.name
     return int(part) if part.isdigit() else 0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _unavailable(message: str) -> None:
-    if os.environ.get("VILOKANAM_REQUIRE_ALL") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @dataclass
@@ -96,7 +84,7 @@ class Cluster:
         if init.returncode:
             raise RuntimeError(f"initdb failed: {init.stderr or init.stdout}")
         for _attempt in range(3):
-            self.port = _free_port()
+            self.port = free_port()
             options = f"-h 127.0.0.1 -p {self.port} -k {self.root} {SERVER_OPTIONS}"
             started = self._run(
                 str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
@@ -111,38 +99,25 @@ class Cluster:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
 
 
-def _as_owner(root: Path) -> list[str]:
-    """Prefix that runs a command as an unprivileged owner of ``root`` (empty unless root)."""
-    if os.geteuid() != 0:
-        return []
-    user = os.environ.get("VILOKANAM_PG_USER", "nobody")
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        _unavailable(f"user {user!r} not found: PostgreSQL cannot run as root")
-    os.chown(root, entry.pw_uid, entry.pw_gid)
-    if runuser := shutil.which("runuser"):
-        return [runuser, "-u", user, "--"]
-    if setpriv := shutil.which("setpriv"):
-        return [setpriv, f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
-    _unavailable("running as root without runuser or setpriv: PostgreSQL cannot run as root")
-    raise AssertionError  # unreachable
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """Admin URL of a throwaway PostgreSQL cluster (started once per test session)."""
     bindir = find_bindir()
     if bindir is None:
-        _unavailable(
+        unavailable(
             "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; "
             "install postgresql (Debian: apt-get install postgresql)"
         )
-        raise AssertionError  # unreachable
     root = Path(tempfile.mkdtemp(prefix="vilokanam-pg-"))
     cluster: Cluster | None = None
     try:
-        cluster = Cluster(bindir, root, prefix=_as_owner(root))
+        cluster = Cluster(
+            bindir,
+            root,
+            prefix=as_unprivileged(
+                root, user_env="VILOKANAM_PG_USER", refusal="PostgreSQL cannot run as root"
+            ),
+        )
         cluster.start()
         yield cluster.url
     finally:

@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from tests.outside import unavailable
+
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -34,19 +36,13 @@ CREDENTIALS = {
 _bucket_numbers = itertools.count()
 
 
-def _unavailable(message: str) -> None:
-    if os.environ.get("VILOKANAM_REQUIRE_ALL") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """moto's S3 on ``127.0.0.1``, an ephemeral port; the endpoint URL."""
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
-        _unavailable(f"moto[s3,server] not installed ({exc}); pip install -e '.[test]'")
+        unavailable(f"moto[s3,server] not installed ({exc}); pip install -e '.[test]'")
     saved = {name: os.environ.get(name) for name in CREDENTIALS}
     os.environ.update(CREDENTIALS)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
