@@ -558,18 +558,13 @@ class S3Storage:
                     Bucket=self.settings.bucket,
                     Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
                 )
-            except ClientError as exc:
-                if _refused_for_good(exc):  # retrying would block every later delete
-                    log.error(
+            except RETRYABLE as exc:
+                if isinstance(exc, ClientError) and _refused_for_good(exc):
+                    log.error(  # retrying would block every later delete
                         "S3 refused to delete %d object(s) (%s); they stay in the bucket",
                         len(keys), exc,
                     )  # fmt: skip
                     return deleted
-                failures += 1
-                self._failed("delete", exc)
-                await asyncio.sleep(self._delay(failures))
-                continue
-            except RETRYABLE as exc:
                 failures += 1
                 self._failed("delete", exc)
                 await asyncio.sleep(self._delay(failures))

@@ -229,10 +229,8 @@ class LivePackager:
                     uploads.append(init)
             epoch = self._epoch or _Epoch(0, datetime.now(UTC), float(events[names[0]]["start"]))
             self._epoch = epoch
-            first = events[names[0]]
-            end = epoch.wallclock + timedelta(
-                seconds=float(first["start"]) + float(first["duration"]) - epoch.media_start
-            )
+            last = max(float(events[n]["start"]) + float(events[n]["duration"]) for n in names)
+            end = epoch.wallclock + timedelta(seconds=last - epoch.media_start)
             self._pdt_end = max(self._pdt_end or end, end)  # known now, listed or not
             inits = {n: self.renditions[n].init_uri for n in names}
             self._queue.append(
@@ -308,8 +306,6 @@ class LivePackager:
             ),
         )
         rendition.epoch_of_last_segment = epoch.number
-        segment_end = entry.program_date_time + timedelta(seconds=entry.duration)
-        self._pdt_end = max(self._pdt_end or segment_end, segment_end)
         removed = rendition.playlist.add(entry)
         if self.recording:
             rendition.archive.append(entry)
