@@ -89,6 +89,29 @@ def test_jpeg_of_a_synthetic_frame() -> None:
     assert luma[:, :8].mean() < luma[:, -8:].mean()
 
 
+def _maker(
+    folder: Path,
+    extradata: bytes,
+    size: tuple[int, int],
+    out: io.StringIO,
+    *,
+    interval: float,
+    target_width: int,
+) -> ThumbnailMaker:
+    """A maker for an H.264 source of ``size`` with square pixels, events into ``out``."""
+    return ThumbnailMaker(
+        codec="h264",
+        extradata=extradata,
+        width=size[0],
+        height=size[1],
+        sample_aspect=Fraction(1),
+        output_dir=folder,
+        events=EventWriter(out),
+        interval=interval,
+        target_width=target_width,
+    )
+
+
 def test_a_keyframe_decodes_on_its_own_decoder() -> None:
     extradata, keys = _keyframes(640, 360)
     frame = decode_keyframe("h264", extradata, bytes(keys[1]))
@@ -98,17 +121,7 @@ def test_a_keyframe_decodes_on_its_own_decoder() -> None:
 def test_maker_takes_the_first_keyframe_then_one_per_interval(tmp_path: Path) -> None:
     extradata, keys = _keyframes(640, 360, count=4)
     out = io.StringIO()
-    maker = ThumbnailMaker(
-        codec="h264",
-        extradata=extradata,
-        width=640,
-        height=360,
-        sample_aspect=Fraction(1),
-        output_dir=tmp_path,
-        events=EventWriter(out),
-        interval=30,
-        target_width=320,
-    )
+    maker = _maker(tmp_path, extradata, (640, 360), out, interval=30, target_width=320)
     times = [Fraction(0), Fraction(10), Fraction(29), Fraction(30)]
     taken = []
     for packet, at in zip(keys, times, strict=True):
@@ -127,17 +140,7 @@ def test_maker_takes_the_first_keyframe_then_one_per_interval(tmp_path: Path) ->
 def test_a_bad_keyframe_leaves_the_next_one_due(tmp_path: Path) -> None:
     extradata, keys = _keyframes(640, 360, count=2)
     out = io.StringIO()
-    maker = ThumbnailMaker(
-        codec="h264",
-        extradata=extradata,
-        width=640,
-        height=360,
-        sample_aspect=Fraction(1),
-        output_dir=tmp_path,
-        events=EventWriter(out),
-        interval=30,
-        target_width=640,
-    )
+    maker = _maker(tmp_path, extradata, (640, 360), out, interval=30, target_width=640)
     assert maker.offer(av.Packet(b"\x00\x00\x00\x05garbage"), Fraction(0))
     maker.close()
     assert maker.failed == 1 and not (tmp_path / THUMBNAIL).exists()
@@ -150,16 +153,8 @@ def test_a_bad_keyframe_leaves_the_next_one_due(tmp_path: Path) -> None:
 
 def test_offer_never_waits_for_a_thumbnail_in_progress(tmp_path: Path) -> None:
     extradata, keys = _keyframes(1280, 720, count=2)
-    maker = ThumbnailMaker(
-        codec="h264",
-        extradata=extradata,
-        width=1280,
-        height=720,
-        sample_aspect=Fraction(1),
-        output_dir=tmp_path,
-        events=EventWriter(io.StringIO()),
-        interval=0.001,
-        target_width=640,
+    maker = _maker(
+        tmp_path, extradata, (1280, 720), io.StringIO(), interval=0.001, target_width=640
     )
     started = time.perf_counter()
     assert maker.offer(keys[0], Fraction(0))
@@ -172,17 +167,7 @@ def test_offer_never_waits_for_a_thumbnail_in_progress(tmp_path: Path) -> None:
 def test_cost_per_thumbnail_is_small(tmp_path: Path) -> None:
     """A 720p keyframe → 640x360 JPEG: decode, scale, encode and write, well under 0.2 s."""
     extradata, keys = _keyframes(1280, 720, count=6)
-    maker = ThumbnailMaker(
-        codec="h264",
-        extradata=extradata,
-        width=1280,
-        height=720,
-        sample_aspect=Fraction(1),
-        output_dir=tmp_path,
-        events=EventWriter(io.StringIO()),
-        interval=1,
-        target_width=640,
-    )
+    maker = _maker(tmp_path, extradata, (1280, 720), io.StringIO(), interval=1, target_width=640)
     for index, packet in enumerate(keys):
         maker.offer(packet, Fraction(index * 2))
         maker.close()
