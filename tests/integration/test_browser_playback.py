@@ -66,12 +66,13 @@ window.__hlsErrors = [];
 
 PROBE = """(() => {
   const video = document.getElementById("player"), hls = window.vilokanamPlayer;
-  if (!video) return null;
+  const status = document.getElementById("status");
+  if (!video || !status) return null;  // the page is still being parsed
   return {
     time: video.currentTime, width: video.videoWidth, height: video.videoHeight,
     paused: video.paused, ended: video.ended, live: video.duration === Infinity,
     readyState: video.readyState, mediaError: video.error && video.error.message,
-    src: video.currentSrc, status: document.getElementById("status").textContent,
+    src: video.currentSrc, status: status.textContent,
     hlsjs: hls ? Hls.version : null, errors: window.__hlsErrors,
     levels: hls ? hls.levels.map((l) => ({width: l.width, height: l.height,
                                           codecs: l.attrs.CODECS})) : null,
