@@ -27,6 +27,7 @@ from vilokanam.origin.gate import BillingGate, ChannelCache, SegmentDurations, c
 from vilokanam.origin.http import create_app
 from vilokanam.origin.metrics import ServerMetrics
 from vilokanam.origin.storage import LocalStorage, Storage
+from vilokanam.origin.sweep import EndedStreamSweeper
 from vilokanam.origin.viewers import TRUSTED_PROXIES, ViewerCounter, feed_viewer_counts
 from vilokanam.origin.vod import RetentionTask, VodCatalogue
 from vilokanam.packager.recovery import recover_sessions
@@ -71,6 +72,12 @@ class VilokanamServer:
         self.viewers = ViewerCounter(settings.http.viewer_timeout)
         self.vods = VodCatalogue(self.store, self.storage)
         self.retention = RetentionTask(self.vods)
+        self.sweeper = EndedStreamSweeper(
+            self.store,
+            self.storage,
+            settings.hls.keep_ended,
+            in_use=lambda: [stream.prefix for stream in self.manager.streams.values()],
+        )
         self.billing = BillingService(self.store, settings)
         self.settler = Settler(settings, self.store)
         self.deposit_watcher: Any = None
@@ -99,10 +106,9 @@ class VilokanamServer:
     async def start(self) -> None:
         if self.store.applied_migrations:
             log.info("database migrated: %s", ", ".join(self.store.applied_migrations))
-        abandoned = await asyncio.to_thread(self.store.unfinished_sessions)
-        stale = await asyncio.to_thread(self.store.end_unfinished_sessions)
-        if stale:
-            log.info("ended %d stream session(s) left open by an earlier run", stale)
+        abandoned = await asyncio.to_thread(self.store.end_unfinished_sessions)
+        if abandoned:
+            log.info("ended %d stream session(s) left open by an earlier run", len(abandoned))
         await self.storage.start()
         if abandoned:  # in the background: an unreachable S3 must not hold the start
             self._recovery = asyncio.create_task(recover_sessions(self.storage, abandoned))
@@ -148,6 +154,7 @@ class VilokanamServer:
             feed_viewer_counts(self.viewers, self.manager.live_streams)
         )
         self.retention.start()
+        self.sweeper.start(after=self._recovery)  # recovery first: it publishes those folders
         app[TRUSTED_PROXIES] = tuple(
             ipaddress.ip_network(item, strict=False) for item in self.settings.http.trusted_proxies
         )
@@ -197,6 +204,7 @@ class VilokanamServer:
         )
 
     async def stop(self) -> None:
+        await self.sweeper.stop()  # before the recovery it waits for is cancelled
         for task in (self._viewer_task, self._recovery):
             if task is not None:
                 task.cancel()

@@ -242,9 +242,9 @@ def test_end_unfinished_sessions(store: Store) -> None:
     ids = [store.start_session(channel.id or 0).id or 0 for _ in range(3)]
     store.update_session(ids[1], state=SessionState.LIVE)
     store.update_session(ids[2], state=SessionState.ENDED)
-    assert store.end_unfinished_sessions() == 2
+    assert store.end_unfinished_sessions() == ids[:2]
     assert {s.state for s in store.sessions()} == {SessionState.ENDED}
-    assert store.end_unfinished_sessions() == 0
+    assert store.end_unfinished_sessions() == []
 
 
 def test_history_pages_newest_first(store: Store) -> None:

@@ -162,6 +162,8 @@ class HlsSettings(_Section):
     segment_duration: Annotated[float, Field(ge=0.5, le=30)] = 2.0
     window: Annotated[int, Field(ge=2, le=100)] = 6
     delete_margin: Annotated[int, Field(ge=0, le=100)] = 4
+    keep_ended: Annotated[int, Field(ge=0, le=30 * 86400)] = 300
+    """Seconds an ended stream that is not recorded keeps its last window (0: kept)."""
 
 
 class Rung(_Section):

@@ -327,14 +327,9 @@ class Store:
             "active_sessions": live + by_state.get(SessionState.STARTING, 0),
         }
 
-    def unfinished_sessions(self) -> list[int]:
-        """Ids of sessions not ended (at start-up: what a crashed server left open)."""
-        with self.session() as db:
-            query = select(StreamSession.id).where(StreamSession.state != SessionState.ENDED)
-            return [session_id for session_id in db.exec(query) if session_id is not None]
-
-    def end_unfinished_sessions(self) -> int:
-        """At start-up: sessions a crashed server left open are ended now."""
+    def end_unfinished_sessions(self) -> list[int]:
+        """At start-up: sessions a crashed server left open are ended now; their ids (the
+        streams whose playlists the crash left open, see ``packager.recovery``)."""
         with self.session() as db:
             open_sessions = list(
                 db.exec(select(StreamSession).where(StreamSession.state != SessionState.ENDED))
@@ -345,7 +340,7 @@ class Store:
                 stream.end_reason = stream.end_reason or "server stopped unexpectedly"
                 db.add(stream)
             db.commit()
-        return len(open_sessions)
+            return [stream.id for stream in open_sessions if stream.id is not None]
 
     # -- recordings (VOD) -------------------------------------------------------
     def save_recording(
@@ -443,6 +438,41 @@ class Store:
                 .order_by(Recording.expires_at)  # type: ignore[arg-type]
             )
             return list(db.exec(query))
+
+    def unrecorded_ended(self, session_ids: Iterable[int], ended_before: datetime) -> list[int]:
+        """Of ``session_ids``, those whose media can go: ended before ``ended_before`` and
+        not kept as a VOD, or with no session at all (deleted with their channel)."""
+        wanted = sorted(set(session_ids))
+        known: dict[int, tuple[SessionState, datetime | None]] = {}
+        recorded: set[int] = set()
+        with self.session() as db:
+            for start in range(0, len(wanted), 500):  # bounded IN lists
+                chunk = wanted[start : start + 500]
+                query = select(StreamSession.id, StreamSession.state, StreamSession.ended_at)
+                for session_id, state, ended_at in db.exec(
+                    query.where(StreamSession.id.in_(chunk))  # type: ignore[union-attr]
+                ):
+                    known[session_id] = (state, ended_at)
+                recorded.update(
+                    db.exec(
+                        select(Recording.session_id).where(
+                            Recording.session_id.in_(chunk)  # type: ignore[attr-defined]
+                        )
+                    )
+                )
+
+        def removable(session_id: int) -> bool:
+            if session_id not in known:
+                return True
+            state, ended_at = known[session_id]
+            return (
+                state == SessionState.ENDED
+                and session_id not in recorded
+                and ended_at is not None
+                and ended_at < ended_before
+            )
+
+        return [session_id for session_id in wanted if removable(session_id)]
 
     # -- viewers ----------------------------------------------------------------
     def create_viewer(self, name: str, address: str | None = None) -> tuple[Viewer, str]:
