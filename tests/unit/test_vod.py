@@ -485,6 +485,11 @@ async def test_api_lists_shows_and_deletes_vods(api: TestClient, world: World) -
     only = await (await api.get("/api/v1/vods?channel=paid", headers=AUTH)).json()
     assert [v["id"] for v in only] == [second]
     assert (await api.get("/api/v1/vods?channel=nope", headers=AUTH)).status == 404
+    page = await (await api.get("/api/v1/vods?limit=1", headers=AUTH)).json()
+    assert [v["id"] for v in page] == [second]
+    rest = await (await api.get(f"/api/v1/vods?limit=1&before={second}", headers=AUTH)).json()
+    assert [v["id"] for v in rest] == [first]
+    assert (await api.get("/api/v1/vods?limit=501", headers=AUTH)).status == 422
     shown = await (await api.get(f"/api/v1/vods/{first}", headers=AUTH)).json()
     assert shown == vod
     deleted = await api.delete(f"/api/v1/vods/{first}", headers=AUTH)
@@ -533,6 +538,10 @@ def test_cli_vod_commands_offline(world: World, monkeypatch: pytest.MonkeyPatch)
     assert vod["id"] == sid and vod["url"].endswith(f"/vod/{sid}/master.m3u8")
     table = runner.invoke(cli_app, ["vod", "list", "--channel", "free"])
     assert table.exit_code == 0 and "free" in table.output
+    older = runner.invoke(cli_app, ["vod", "list", "--json", "--limit", "1", "--before", str(sid)])
+    assert older.exit_code == 0 and json.loads(older.output) == [], older.output
+    bad = runner.invoke(cli_app, ["vod", "list", "--limit", "0"])
+    assert bad.exit_code == 2 and "--limit" in bad.output
     shown = runner.invoke(cli_app, ["vod", "show", str(sid)])
     assert shown.exit_code == 0 and "thumbnail" in shown.output
     refused = runner.invoke(cli_app, ["vod", "delete", str(sid)], input="n\n")

@@ -94,6 +94,13 @@ def test_list_get_and_filter(store: Store) -> None:
     assert [recording.session_id for recording, _, _ in rows] == [third, first], "newest first"
     assert [channel.slug for _, _, channel in rows] == ["arts", "news"]
     assert [r.session_id for r, _, _ in store.recordings(news)] == [first]
+    page = store.recordings(limit=1)
+    assert [r.session_id for r, _, _ in page] == [third], "a page, newest first"
+    after = store.recordings(limit=1, before_id=page[-1][0].session_id)
+    assert [r.session_id for r, _, _ in after] == [first]
+    assert store.recordings(limit=5, before_id=first) == []
+    with pytest.raises(InvalidField, match="limit"):
+        store.recordings(limit=0)
     recording, session, channel = store.get_recording(first)
     assert (recording.session_id, session.id, channel.slug) == (first, first, "news")
     with pytest.raises(RecordingNotFound, match=f"no VOD {unrecorded}"):

@@ -167,8 +167,10 @@ class RemoteBackend:
         return self.request("GET", "/status")
 
     # -- VODs -------------------------------------------------------------------
-    def list_vods(self, channel: str | None = None) -> Json:
-        return self.request("GET", "/vods", query={"channel": channel})
+    def list_vods(self, channel: str | None, limit: int, before: int | None) -> Json:
+        return self.request(
+            "GET", "/vods", query={"channel": channel, "limit": limit, "before": before}
+        )
 
     def get_vod(self, vod_id: int) -> Json:
         return self.request("GET", f"/vods/{vod_id}")
@@ -372,8 +374,10 @@ class LocalBackend:
 
         return VodService(self.store, urls_for(self.settings))
 
-    def list_vods(self, channel: str | None = None) -> Json:
-        return self._dump(self.vods.list(channel))
+    def list_vods(self, channel: str | None, limit: int, before: int | None) -> Json:
+        if not 1 <= limit <= 500:
+            raise CliError("--limit: must be between 1 and 500", 2)
+        return self._dump(self.vods.list(channel, limit, before))
 
     def get_vod(self, vod_id: int) -> Json:
         return self._dump(self.vods.get(vod_id))

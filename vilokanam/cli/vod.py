@@ -61,6 +61,10 @@ def _show_vod(vod: dict[str, Any], heading: str | None = None) -> None:
 @vod_app.command("list")
 def list_(
     channel: Annotated[str | None, typer.Option("--channel", help="Only this channel.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many (1-500).")] = 50,
+    before: Annotated[
+        int | None, typer.Option("--before", help="VODs older than this id (paging).")
+    ] = None,
     config: ConfigOption = None,
     server: ServerOption = None,
     token: TokenOption = None,
@@ -69,7 +73,7 @@ def list_(
     """Recorded streams, newest first: duration, size, expiry, playback URL."""
 
     def act() -> None:
-        vods = backend(config, server, token).list_vods(channel)
+        vods = backend(config, server, token).list_vods(channel, limit, before)
         output.show(
             vods,
             as_json,

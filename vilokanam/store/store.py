@@ -395,14 +395,25 @@ class Store:
         raise AssertionError("unreachable")
 
     def recordings(
-        self, channel_id: int | None = None
+        self,
+        channel_id: int | None = None,
+        *,
+        limit: int | None = None,
+        before_id: int | None = None,
     ) -> list[tuple[Recording, StreamSession, Channel]]:
-        """VODs with their session and channel, newest first."""
+        """VODs with their session and channel, newest first (all of them, or a page of
+        ``limit``; the next page is ``before_id=<last id of this one>``)."""
+        if limit is not None and (type(limit) is not int or not 1 <= limit <= MAX_PAGE):
+            raise InvalidField("limit", f"invalid limit: an integer from 1 to {MAX_PAGE}")
         with self.session() as db:
             query = _vod_rows()
             if channel_id is not None:
                 query = query.where(Recording.channel_id == channel_id)
+            if before_id is not None:
+                query = query.where(Recording.session_id < before_id)  # type: ignore[operator]
             query = query.order_by(Recording.session_id.desc())  # type: ignore[attr-defined]
+            if limit is not None:
+                query = query.limit(limit)
             return [(recording, stream, channel) for recording, stream, channel in db.exec(query)]
 
     def get_recording(self, session_id: int) -> tuple[Recording, StreamSession, Channel]:

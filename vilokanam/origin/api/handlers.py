@@ -264,7 +264,8 @@ async def get_session(ctx: ApiContext, call: Call) -> BaseModel:
 # -- VODs ------------------------------------------------------------------------------------
 async def list_vods(ctx: ApiContext, call: Call) -> list[BaseModel]:
     query: VodQuery = call.query
-    return list(await ctx.blocking(ctx.vod_service().list, query.channel))
+    vods = ctx.vod_service()
+    return list(await ctx.blocking(vods.list, query.channel, query.limit, query.before))
 
 
 async def get_vod(ctx: ApiContext, call: Call) -> BaseModel:

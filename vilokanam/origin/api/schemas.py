@@ -247,6 +247,10 @@ class VodQuery(BaseModel):
     """Query parameters of ``GET /vods``."""
 
     channel: str | None = Field(default=None, description="Only this channel's VODs")
+    limit: int = Field(default=50, ge=1, le=500)
+    before: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="VODs with a smaller id"
+    )
 
 
 class VodOut(BaseModel):

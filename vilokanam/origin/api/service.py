@@ -212,10 +212,14 @@ class VodService:
         self.store = store
         self.urls = urls
 
-    def list(self, channel: str | None = None) -> builtins.list[VodOut]:
-        """VODs, newest first; ``channel``: only that channel's (unknown: ChannelNotFound)."""
+    def list(
+        self, channel: str | None = None, limit: int | None = None, before: int | None = None
+    ) -> builtins.list[VodOut]:
+        """VODs, newest first (a page: ``limit``, ids below ``before``); ``channel``: only that
+        channel's (unknown: ChannelNotFound)."""
         channel_id = None if channel is None else self.store.get_channel(channel).id
-        return [vod_out(*row, self.urls) for row in self.store.recordings(channel_id)]
+        rows = self.store.recordings(channel_id, limit=limit, before_id=before)
+        return [vod_out(*row, self.urls) for row in rows]
 
     def get(self, vod_id: int) -> VodOut:
         return vod_out(*self.store.get_recording(vod_id), self.urls)
