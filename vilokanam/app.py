@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import signal
@@ -27,11 +28,12 @@ from vilokanam.origin.gate import BillingGate, ChannelCache, SegmentDurations, c
 from vilokanam.origin.http import create_app
 from vilokanam.origin.metrics import ServerMetrics
 from vilokanam.origin.storage import LocalStorage, Storage
-from vilokanam.origin.sweep import EndedStreamSweeper
+from vilokanam.origin.sweep import EndedStreamSweeper, journaled_folders
 from vilokanam.origin.viewers import TRUSTED_PROXIES, ViewerCounter, feed_viewer_counts
 from vilokanam.origin.vod import RetentionTask, VodCatalogue
 from vilokanam.packager.recovery import recover_sessions
 from vilokanam.store import Store
+from vilokanam.store.models import utcnow
 
 log = logging.getLogger("vilokanam")
 
@@ -109,9 +111,17 @@ class VilokanamServer:
         abandoned = await asyncio.to_thread(self.store.end_unfinished_sessions)
         if abandoned:
             log.info("ended %d stream session(s) left open by an earlier run", len(abandoned))
+        journaled = await asyncio.to_thread(journaled_folders, self.storage.root)
+        uncatalogued = await asyncio.to_thread(  # a recovery or a VOD save a crash cut short
+            self.store.unrecorded_ended, journaled, utcnow(), orphans=False
+        )
         await self.storage.start()
-        if abandoned:  # in the background: an unreachable S3 must not hold the start
-            self._recovery = asyncio.create_task(recover_sessions(self.storage, abandoned))
+        save_recovered = functools.partial(self.vods.save_recovered, settings=self.settings)
+        if recover := sorted(set(abandoned) | set(uncatalogued)):
+            # in the background: an unreachable S3 must not hold the start
+            self._recovery = asyncio.create_task(
+                recover_sessions(self.storage, recover, save_recovered)
+            )
         await self.webhooks.start()
         await self.billing.start()
         await self.settler.start()

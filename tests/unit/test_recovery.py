@@ -1,19 +1,35 @@
-"""After a crash: playlists a stream left open get ENDLIST, and what S3 never got is sent."""
+"""After a crash: playlists a stream left open get ENDLIST, what S3 never got is sent, and a
+recording killed mid-way becomes the VOD that finishing it would have made."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import tempfile
 import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import m3u8
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import ServerThread, make_settings
 from tests.s3 import Bucket
 from vilokanam.config.settings import S3Settings
 from vilokanam.origin.s3 import S3Storage
-from vilokanam.origin.storage import LocalStorage
-from vilokanam.packager.recovery import ENDLIST, end_open_playlists
+from vilokanam.origin.storage import LocalStorage, SegmentDropped, Storage
+from vilokanam.packager.live import JOURNAL, LivePackager, read_journal, vod_playlist
+from vilokanam.packager.recovery import (
+    ENDLIST,
+    RecoveredRecording,
+    end_open_playlists,
+    recover_sessions,
+)
 from vilokanam.store import Store
 
 OPEN = (
@@ -92,3 +108,270 @@ def test_a_server_started_after_a_crash_ends_the_streams_it_left_open(tmp_path: 
         assert server.server.store.sessions()[0].end_reason == "server stopped unexpectedly"
     finally:
         server.stop()
+
+
+# -- recordings: the journal -------------------------------------------------------------------
+T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
+SESSION = 7
+PREFIX = f"streams/{SESSION}"
+
+
+@dataclass
+class Scenario:
+    """What a stream did: the packager gets the same events with or without a crash."""
+
+    ladder: list[str] = field(default_factory=lambda: ["source", "240p"])
+    durations: list[float] = field(default_factory=lambda: [2.0, 2.0, 1.96, 2.04, 2.0, 4.5, 2.0])
+    restarts: set[int] = field(default_factory=lambda: {4})
+    """A new worker (a new init segment, a discontinuity) starts at these sequences."""
+    dropped: set[int] = field(default_factory=lambda: {2})
+    """Sequences whose files could not be published."""
+    thumbnail_at: int | None = 1
+
+
+class _Dropping(LocalStorage):
+    def __init__(self, root: Path, dropped: set[int]) -> None:
+        super().__init__(root)
+        self.dropped = {f"seg-{n}.m4s" for n in dropped}
+
+    async def publish_segment(self, relpath: str) -> None:
+        if relpath.rpartition("-s7-")[2] in self.dropped:
+            raise SegmentDropped(relpath)
+        await super().publish_segment(relpath)
+
+
+def _file(storage: Storage, relpath: str, size: int) -> str:
+    path = storage.root / PREFIX / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"m" * size)
+    return relpath
+
+
+async def _drive(storage: Storage, scenario: Scenario) -> LivePackager:
+    """Feed a recording packager the worker events of ``scenario``; everything listed."""
+    packager = LivePackager(PREFIX, storage, segment_duration=2, window=3, delete_margin=1,
+                            recording=True)  # fmt: skip
+    await packager.handle({"type": "ladder", "renditions": scenario.ladder})
+    epoch, media, elapsed = -1, 0.0, 0.0
+    for sequence, duration in enumerate(scenario.durations):
+        if sequence == 0 or sequence in scenario.restarts:
+            await packager.end_epoch()
+            epoch, media = epoch + 1, 0.0
+            packager.start_epoch(epoch, 0.0, T0 + timedelta(seconds=elapsed + 0.5))
+            for name in scenario.ladder:
+                init = _file(storage, f"{name}/{name}-s7-init-{epoch}.mp4", 50)
+                await packager.handle({"type": "rendition", "name": name, "init": init,
+                                       "codecs": "avc1.64001e", "bandwidth": 900_000,
+                                       "width": 640, "height": 360})  # fmt: skip
+        for index, name in enumerate(scenario.ladder):
+            size = 1000 + 10 * sequence + index
+            path = _file(storage, f"{name}/{name}-s7-seg-{sequence}.m4s", size)
+            await packager.handle({"type": "segment", "rendition": name, "sequence": sequence,
+                                   "path": path, "duration": duration, "start": media,
+                                   "size": size})  # fmt: skip
+        if sequence == scenario.thumbnail_at:
+            _file(storage, "thumbnail.jpg", 30)
+            await packager.handle({"type": "thumbnail", "path": "thumbnail.jpg"})
+        media += duration
+        elapsed += duration
+    assert await packager.wait_listed(10)
+    for _ in range(20):  # the thumbnail's done callback
+        await asyncio.sleep(0)
+    return packager
+
+
+def _playlists(root: Path) -> dict[str, str]:
+    return {p.parent.name: p.read_text() for p in sorted((root / PREFIX).glob("*/index.m3u8"))}
+
+
+async def _crash_and_finish(
+    base: Path, scenario: Scenario
+) -> tuple[Path, Path, LivePackager, list[RecoveredRecording]]:
+    """Run ``scenario`` twice: killed then recovered (``base/crashed``), and finished."""
+    crashed = LocalStorage(base / "crashed")
+    await _drive(_Dropping(crashed.root, scenario.dropped), scenario)  # then killed: no finish
+    recovered: list[RecoveredRecording] = []
+
+    async def on_recording(recording: RecoveredRecording) -> None:
+        recovered.append(recording)
+
+    await recover_sessions(crashed, [SESSION], on_recording)
+    finished = await _drive(_Dropping(base / "finished", scenario.dropped), scenario)
+    await finished.finish()
+    return crashed.root, base / "finished", finished, recovered
+
+
+def _figures(recovered: list[RecoveredRecording]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in asdict(r).items() if k != "session_id"} for r in recovered]
+
+
+async def test_a_killed_recording_becomes_the_vod_finish_would_have_made(tmp_path: Path) -> None:
+    crashed, finished_root, finished, recovered = await _crash_and_finish(tmp_path, Scenario())
+    vods = _playlists(finished_root)
+    assert set(vods) == {"source", "240p"}
+    assert _playlists(crashed) == vods, "byte for byte"
+    vod = m3u8.loads(vods["source"])
+    assert vod.playlist_type == "vod" and vod.is_endlist
+    assert [s.discontinuity for s in vod.segments] == [False, False, True, True, False, False]
+    summary = finished.recording_summary()
+    assert summary is not None and summary.segments == 6 and summary.thumbnail
+    assert [r.session_id for r in recovered] == [SESSION]
+    assert _figures(recovered) == [asdict(summary)]
+    assert (crashed / PREFIX / "master.m3u8").is_file()
+
+    await recover_sessions(LocalStorage(crashed), [SESSION], _record_into(again := []))
+    assert _playlists(crashed) == vods and again == recovered, "the same result twice"
+
+
+def _record_url(urls: list[str]) -> Any:
+    """A botocore hook that notes each request's URL."""
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        urls.append(params["url"])
+
+    return record
+
+
+def _record_into(calls: list[RecoveredRecording]) -> Any:
+    async def on_recording(recording: RecoveredRecording) -> None:
+        calls.append(recording)
+
+    return on_recording
+
+
+async def test_the_journal_has_a_line_per_sequence_and_a_torn_last_line_is_ignored(
+    tmp_path: Path,
+) -> None:
+    storage = LocalStorage(tmp_path)
+    packager = await _drive(storage, Scenario(dropped=set()))
+    journal = tmp_path / PREFIX / JOURNAL
+    lines = journal.read_bytes().splitlines(keepends=True)
+    kinds = [json.loads(line)["type"] for line in lines]
+    assert kinds.count("header") == kinds.count("thumbnail") == 1
+    assert kinds.index("header") < kinds.index("sequence") and kinds.count("sequence") == 7
+    with journal.open("ab") as handle:
+        handle.write(lines[-2][: len(lines[-2]) // 2])  # killed in the middle of a line
+    calls: list[RecoveredRecording] = []
+    await recover_sessions(storage, [SESSION], _record_into(calls))
+    assert _figures(calls) == [asdict(packager.recording_summary())]
+
+
+async def test_a_recording_that_never_listed_a_sequence_gets_today_s_treatment(
+    tmp_path: Path,
+) -> None:
+    storage = LocalStorage(tmp_path)
+    crashed_stream(tmp_path, PREFIX)
+    (tmp_path / PREFIX / JOURNAL).write_text('{"type":"header","version":1,"target_dur')
+    calls: list[RecoveredRecording] = []
+    await recover_sessions(storage, [SESSION, 99], _record_into(calls))
+    assert calls == []
+    assert ENDLIST in (tmp_path / PREFIX / "source/index.m3u8").read_text()
+
+
+async def test_a_failing_journal_is_logged_once_and_the_stream_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / PREFIX / JOURNAL).mkdir(parents=True)  # appending to it fails
+    with caplog.at_level(logging.ERROR, logger="vilokanam.packager.live"):
+        packager = await _drive(LocalStorage(tmp_path), Scenario(dropped=set()))
+    assert sum("journal given up" in r.getMessage() for r in caplog.records) == 1
+    assert len(m3u8.loads(_playlists(tmp_path)["source"]).segments) == 3
+    await packager.finish()
+    assert packager.recording_summary() is not None
+
+
+async def test_every_truncation_of_the_journal_is_a_prefix_of_the_vod(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "media")
+    scenario = Scenario(ladder=["source", "360p", "160p"], dropped={3})
+    packager = await _drive(_Dropping(storage.root, scenario.dropped), scenario)
+    archives = {name: r.archive for name, r in packager.renditions.items()}
+    data = (storage.root / PREFIX / JOURNAL).read_bytes()
+    copy = tmp_path / "copy.jsonl"
+    for cut in range(len(data) + 1):
+        copy.write_bytes(data[:cut])
+        recording = read_journal(copy)
+        listed = [line for line in data[:cut].split(b"\n")[:-1] if b'"sequence"' in line]
+        if not listed:
+            assert recording is None, cut
+            continue
+        assert recording is not None, cut
+        count = len(listed)
+        expected = {n: vod_playlist(2, a[:count]).render() for n, a in archives.items()}
+        assert recording.playlists() == expected, cut
+        summary = recording.summary()
+        assert summary is not None and summary.segments == count, cut
+        assert summary.thumbnail == (b'"thumbnail"' in data[:cut]), cut
+
+
+scenarios = st.builds(
+    Scenario,
+    ladder=st.sampled_from([["source"], ["source", "240p"], ["720p", "source", "160p"]]),
+    durations=st.lists(st.sampled_from([2.0, 1.96, 2.04, 2.002, 0.5, 4.5, 7.25]), max_size=9),
+    restarts=st.sets(st.integers(1, 8), max_size=3),
+    dropped=st.sets(st.integers(0, 8), max_size=3),
+    thumbnail_at=st.none() | st.integers(0, 8),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios)
+def test_any_killed_recording_recovers_as_finish_would_have_ended_it(scenario: Scenario) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        crashed, finished_root, finished, recovered = asyncio.run(
+            _crash_and_finish(Path(folder), scenario)
+        )
+        assert _playlists(crashed) == _playlists(finished_root)
+        summary = finished.recording_summary()
+        assert _figures(recovered) == ([asdict(summary)] if summary else [])
+
+
+async def test_with_s3_a_recovered_recording_uploads_only_what_the_bucket_lacks(
+    tmp_path: Path, s3_bucket: Bucket
+) -> None:
+    settings = S3Settings(
+        bucket=s3_bucket.name,
+        endpoint_url=s3_bucket.endpoint,
+        addressing_style="path",
+        public_base_url="https://cdn.example",
+    )
+    scenario = Scenario(dropped=set())
+    storage = S3Storage(tmp_path / "media", settings)
+    await storage.start()
+    try:
+        packager = await _drive(storage, scenario)
+        assert await storage.flush(20)
+    finally:
+        await storage.close(5)  # killed: no finish
+    released = storage.root / PREFIX / "source/source-s7-seg-0.m4s"
+    assert not released.exists(), "left the window: only in the bucket now"
+    # Spooled when the server was killed: on local disk, never uploaded.
+    unsent = [f"{PREFIX}/{n}/{n}-s7-seg-{s}.m4s" for n in scenario.ladder for s in (1, 2)]
+    unsent.append(f"{PREFIX}/240p/240p-s7-init-1.mp4")
+    for relpath in unsent:
+        (storage.root / relpath).write_bytes(b"spooled")
+        s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key=relpath)
+
+    finished = await _drive(LocalStorage(tmp_path / "finished"), scenario)
+    await finished.finish()
+    for run in range(2):
+        storage = S3Storage(tmp_path / "media", settings)
+        await storage.start()
+        puts: list[str] = []
+        storage.client.meta.events.register("before-call.s3.PutObject", _record_url(puts))
+        calls: list[RecoveredRecording] = []
+        try:
+            await recover_sessions(storage, [SESSION], _record_into(calls))
+            assert await storage.flush(20)
+        finally:
+            await storage.close(5)
+        uploaded = sorted(url.split(f"/{s3_bucket.name}/", 1)[1] for url in puts)
+        playlists = [f"{PREFIX}/{n}/index.m3u8" for n in scenario.ladder]
+        expected = sorted((unsent if run == 0 else []) + [f"{PREFIX}/master.m3u8"])
+        assert [u for u in uploaded if u not in playlists] == expected, run
+        for relpath in unsent:
+            assert s3_bucket.get(relpath) == b"spooled"
+        for name, text in _playlists(tmp_path / "finished").items():
+            assert s3_bucket.get(f"{PREFIX}/{name}/index.m3u8").decode() == text
+        assert _figures(calls) == [asdict(finished.recording_summary())]
+    assert JOURNAL not in str(s3_bucket.keys(PREFIX)), "the journal stays local"
+    assert packager.recording_summary() == finished.recording_summary()

@@ -413,3 +413,80 @@ def test_metrics_expose_the_storage_figures(tmp_path: Path) -> None:
         assert line in text, line
     local = ServerMetrics(Manager(object())).render().decode()  # type: ignore[arg-type]
     assert "vilokanam_storage" not in local
+
+
+def master(*renditions: str) -> str:
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7"]
+    for name in renditions:
+        lines += ["#EXT-X-STREAM-INF:BANDWIDTH=900000", f"{name}/index.m3u8"]
+    return "\n".join(lines) + "\n"
+
+
+async def test_a_master_playlist_never_reaches_s3_before_the_playlists_it_names(
+    make_storage, s3_bucket: Bucket
+) -> None:
+    """Media playlist puts are slow; the master, published right after them, waits for them."""
+    storage = await make_storage(upload_concurrency=4)
+    missing: list[str] = []
+    masters: list[int] = []
+
+    def check(params: dict[str, Any], **_: Any) -> None:
+        key = params["url"].split(f"/{s3_bucket.name}/", 1)[1]
+        if key.endswith("/index.m3u8"):
+            time.sleep(0.2)  # a slow S3 for media playlists
+        elif key.endswith("/master.m3u8"):
+            folder = key.rsplit("/", 1)[0]
+            names = [line for line in body_of(params).decode().splitlines() if line[:1] != "#"]
+            masters.append(len(names))
+            missing.extend(n for n in names if s3_bucket.head(f"{folder}/{n}") is None)
+
+    hook(storage, "before-call.s3.PutObject", check)
+    renditions = ["720p", "360p", "source"]
+    for n in range(3):  # the packager: media playlists, then the master naming them
+        listed = [f"s-seg-{k}.m4s" for k in range(n + 1)]
+        for r in renditions[: n + 1]:
+            write(storage, f"streams/12/{r}/{listed[-1]}", 1000)
+            await storage.publish_segment(f"streams/12/{r}/{listed[-1]}")
+            await storage.publish_playlist(f"streams/12/{r}/index.m3u8", playlist(*listed))
+        await storage.publish_playlist("streams/12/master.m3u8", master(*renditions[: n + 1]))
+    assert await storage.flush(20)
+    assert masters and missing == []
+    assert s3_bucket.get("streams/12/master.m3u8").decode() == master(*renditions)
+
+
+async def test_a_master_playlist_waits_out_an_outage_behind_its_own_stream_only(
+    make_storage, s3_bucket: Bucket, s3_proxy: PausableProxy
+) -> None:
+    storage = await make_storage(endpoint=s3_proxy.endpoint, upload_concurrency=2)
+    segment = "streams/13/source/seg-0.m4s"
+    media = ["streams/13/source/index.m3u8", "streams/13/720p/index.m3u8"]
+    attempts: list[str] = []
+    missing: list[str] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        key = params["url"].split(f"/{s3_bucket.name}/", 1)[1]
+        if key in media:
+            time.sleep(0.3)
+        elif key == "streams/13/master.m3u8":
+            missing.extend(k for k in (segment, *media) if s3_bucket.head(k) is None)
+        attempts.append(key)
+
+    hook(storage, "before-call.s3.PutObject", record)
+    s3_proxy.pause()
+    write(storage, segment, 1000)
+    upload = asyncio.create_task(storage.publish_segment(segment))
+    while storage.spool_files == 0:
+        await asyncio.sleep(0.01)
+    for relpath in media:
+        await storage.publish_playlist(relpath, playlist("seg-0.m4s"))
+    await storage.publish_playlist("streams/13/master.m3u8", master("source", "720p"))
+    await storage.publish_playlist("streams/14/master.m3u8", master("source"))
+    await asyncio.sleep(0.5)
+    s3_proxy.resume()
+    await asyncio.wait_for(upload, 10)
+    assert await storage.flush(10)
+    assert attempts.count("streams/13/master.m3u8") == 1, "no attempt while S3 was away"
+    assert missing == []
+    last = {key: index for index, key in enumerate(attempts)}
+    assert last["streams/14/master.m3u8"] < last["streams/13/master.m3u8"], "not held by 13"
+    assert s3_bucket.keys("streams/13/") == sorted([segment, *media, "streams/13/master.m3u8"])

@@ -15,7 +15,8 @@ from tests.s3 import Bucket
 from vilokanam.config.settings import S3Settings
 from vilokanam.origin.s3 import S3Storage
 from vilokanam.origin.storage import LocalStorage, Storage
-from vilokanam.origin.sweep import JOURNAL, EndedStreamSweeper, stream_folders
+from vilokanam.origin.sweep import EndedStreamSweeper, journaled_folders, stream_folders
+from vilokanam.packager.live import JOURNAL
 from vilokanam.store import SessionState, Store
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -82,6 +83,7 @@ def test_unrecorded_ended_picks_old_unrecorded_ends_and_orphans(streams: Streams
     cutoff = NOW - timedelta(seconds=KEEP)
     candidates = [old, recent, live, recorded, orphan, old]
     assert streams.store.unrecorded_ended(candidates, cutoff) == [old, orphan]
+    assert streams.store.unrecorded_ended(candidates, cutoff, orphans=False) == [old]
     assert streams.store.unrecorded_ended([], cutoff) == []
 
 
@@ -97,6 +99,8 @@ def test_stream_folders_lists_session_folders_only(tmp_path: Path) -> None:
         (tmp_path / "streams" / name).mkdir(parents=True)
     (tmp_path / "streams" / "5").write_text("a file, not a stream")
     assert stream_folders(tmp_path) == [3, 12]
+    (tmp_path / "streams" / "12" / JOURNAL).write_text("{}\n")
+    assert journaled_folders(tmp_path) == [12]
 
 
 async def test_a_pass_deletes_only_old_unrecorded_streams(streams: Streams) -> None:

@@ -6,8 +6,10 @@ through one boto3 client in a thread pool, at most ``upload_concurrency`` at a t
 first, and are retried with backoff for as long as it takes: an S3 outage makes
 :meth:`S3Storage.publish_segment` wait, not fail. What waits is bounded (``spool_max_mb``); past
 it the oldest waiting segments are given up (:class:`SegmentDropped`). Playlists are written
-locally at once and put behind the segments they name; deletes wait for the playlist puts
-queued before them, so S3 never lists a segment that is gone.
+locally at once and put behind the segments they name; a master playlist is put only once every
+segment and playlist of its stream queued before it is in S3, so it never names a missing media
+playlist; deletes wait for the playlist puts queued before them, so S3 never lists a segment
+that is gone.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ EWMA_WEIGHT = 0.2
 FAILURE_LOG_EVERY = 10.0
 SLOW_LOG_EVERY = 60.0
 MIB = 1024 * 1024
+MASTER_PLAYLIST = "master.m3u8"
+"""A stream's master playlist (the packager's name): put after what it names."""
 
 
 def backoff(failures: int, initial: float, maximum: float) -> float:
@@ -96,6 +100,10 @@ class _Playlist:
     active: bool = False
     """A worker owns this playlist (queued or putting): at most one, so versions stay in order."""
     cancelled: bool = False
+    after: dict[_Playlist, int] = field(default_factory=dict)
+    """A master playlist: versions of its stream's playlists that S3 must hold first."""
+    uploads: list[asyncio.Future[None]] = field(default_factory=list)
+    """A master playlist: its stream's segment uploads to wait for first."""
 
 
 @dataclass(eq=False)
@@ -147,6 +155,8 @@ class S3Storage:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._held: set[asyncio.Task[None]] = set()
+        """Master playlists waiting for their stream's writes before they are queued."""
         self._executor: ThreadPoolExecutor | None = None
         self._failing_since: float | None = None
         self._failure_logged = 0.0
@@ -232,9 +242,10 @@ class S3Storage:
         if self.client is None:
             return
         await self.flush(grace)
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._held]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         files, size = len(self._spool), self.spool_bytes
         playlists = sum(state.sent < state.queued for state in self._playlists.values())
@@ -445,16 +456,57 @@ class S3Storage:
         state.text = text
         state.queued += 1
         self._uploaded.discard(relpath)
+        if PurePosixPath(relpath).name == MASTER_PLAYLIST:
+            self._hold_behind_stream(state)
         if not state.active:
             state.active = True
             self._begin()
+            self._queue_when_clear(state)
+
+    def _hold_behind_stream(self, state: _Playlist) -> None:
+        """The master's next put waits for every write of its stream queued before now."""
+        folder = state.relpath.rpartition("/")[0] + "/"
+        for other in self._unsent_playlists(folder):
+            if other is not state:
+                state.after[other] = other.queued
+        state.uploads += [j.done for j in self._uploads.values() if j.relpath.startswith(folder)]
+
+    def _clear(self, state: _Playlist) -> bool:
+        """Whether what ``state`` waits for is done (forgetting what is)."""
+        if state.after:
+            state.after = {s: v for s, v in state.after.items() if not s.cancelled and s.sent < v}
+        if state.uploads:
+            state.uploads = [upload for upload in state.uploads if not upload.done()]
+        return not (state.after or state.uploads)
+
+    def _queue_when_clear(self, state: _Playlist) -> None:
+        """Queue an owned playlist for a worker, at once or (a master) once its stream's
+        earlier writes are done: the wait holds no worker, so masters cannot starve them."""
+        if state.cancelled or self._clear(state):
             self._queue.put_nowait(state)
+            return
+        task = asyncio.create_task(self._wait_clear(state), name=f"s3-hold-{state.relpath}")
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
+
+    async def _wait_clear(self, state: _Playlist) -> None:
+        while not state.cancelled and not self._clear(state):
+            if state.uploads:
+                await asyncio.wait(state.uploads)
+            else:
+                await self._progress.wait()
+        self._queue.put_nowait(state)
 
     async def _put_playlist(self, state: _Playlist) -> None:
         """Put the newest version until S3 holds it; versions queued meanwhile coalesce."""
         failures = 0
+        handed_on = False
         try:
             while not state.cancelled:
+                if not self._clear(state):  # a newer master version with its own wait
+                    handed_on = True
+                    self._queue_when_clear(state)
+                    return
                 version, data = state.queued, state.text.encode()
                 try:
                     await self._attempt(state.relpath, self._put, state.relpath, data)
@@ -474,8 +526,9 @@ class S3Storage:
                         self._uploaded.add(state.relpath)
                     return
         finally:
-            state.active = False
-            self._end()
+            if not handed_on:
+                state.active = False
+                self._end()
 
     # -- deletes --------------------------------------------------------------------------
 
@@ -493,8 +546,13 @@ class S3Storage:
         self._deletes.append(job)
         self._delete_wake.set()
 
-    def _unsent_playlists(self) -> dict[_Playlist, int]:
-        return {s: s.queued for s in self._playlists.values() if s.sent < s.queued}
+    def _unsent_playlists(self, folder: str = "") -> dict[_Playlist, int]:
+        """Playlists (under ``folder``) with a version S3 does not hold yet: the newest."""
+        return {
+            s: s.queued
+            for s in self._playlists.values()
+            if s.sent < s.queued and s.relpath.startswith(folder)
+        }
 
     def _forget(self, relpaths: Iterable[str]) -> list[asyncio.Future[Any]]:
         """Stop uploading ``relpaths``; the puts already running, to wait for before deleting."""
@@ -613,6 +671,12 @@ class S3Storage:
         local = await asyncio.to_thread(_remove_tree, folder, self.root)
         self._uploaded.difference_update(local)
         return len(set(remote) | set(local))
+
+    async def published(self, prefix: str) -> set[str]:
+        """What the bucket holds under ``prefix`` (the listing waits out an outage)."""
+        self._require_started()
+        safe_prefix(self.root, prefix)
+        return set(await self._list("/".join(PurePosixPath(prefix).parts) + "/"))
 
     async def _list(self, relprefix: str) -> list[str]:
         """Relpaths of every object under ``relprefix``, the listing retried until it works."""

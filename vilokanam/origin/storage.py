@@ -64,8 +64,9 @@ class Storage(Protocol):
 
     async def publish_playlist(self, relpath: str, text: str) -> None:
         """Replace a playlist atomically (readers see the old or the new one, never half).
-        A remote copy is written after every segment published before this call; when
-        several versions queue up, only the newest is sent."""
+        A remote copy is written after every segment published before this call (a master
+        playlist: after every segment and playlist of its stream); when several versions
+        queue up, only the newest is sent."""
 
     async def delete(self, relpaths: list[str]) -> None:
         """Remove segments that no playlist names any more, locally and remotely (remote
@@ -77,6 +78,10 @@ class Storage(Protocol):
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete everything under ``prefix`` (a VOD) locally and remotely; files removed."""
+
+    async def published(self, prefix: str) -> set[str]:
+        """Relpaths under ``prefix`` that players can get already, from one listing (the
+        bucket's, for S3): what a recovery need not publish again."""
 
     def public_url(self, relpath: str) -> str | None:
         """The absolute URL players should use for ``relpath`` (the CDN in front of the
@@ -148,6 +153,14 @@ class LocalStorage:
             return count
 
         return await asyncio.to_thread(remove)
+
+    async def published(self, prefix: str) -> set[str]:
+        folder = safe_prefix(self.root, prefix)
+
+        def listing() -> set[str]:
+            return {p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+        return await asyncio.to_thread(listing)  # served from here: on disk is published
 
     def public_url(self, relpath: str) -> str | None:
         return None

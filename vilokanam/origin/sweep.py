@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from vilokanam.origin.storage import Storage
+from vilokanam.packager.live import JOURNAL
 from vilokanam.store import Store
 from vilokanam.store.models import utcnow
 
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 
 SWEEP_EVERY = 60.0
 """Seconds between passes (the first runs once start-up recovery is done)."""
-JOURNAL = "recording.jsonl"
-"""A recorded stream's journal (see ``packager.live``): such a folder is a VOD to be."""
 
 
 def stream_folders(root: Path) -> list[int]:
@@ -35,6 +34,11 @@ def stream_folders(root: Path) -> list[int]:
     if not folder.is_dir():
         return []
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def journaled_folders(root: Path) -> list[int]:
+    """Session ids whose folder holds a recording journal (a VOD, or one to be made)."""
+    return [i for i in stream_folders(root) if (root / f"streams/{i}" / JOURNAL).is_file()]
 
 
 class EndedStreamSweeper:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -22,6 +23,7 @@ from datetime import datetime
 
 from vilokanam.config import Settings
 from vilokanam.origin.storage import Storage
+from vilokanam.packager.recovery import RecoveredRecording
 from vilokanam.store import Channel, Recording, RecordingNotFound, Store
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,27 @@ class VodCatalogue:
         if len(self._generation) >= MAX_CACHED:
             self._generation.clear()
         self._generation[session_id] = self._generation.get(session_id, 0) + 1
+
+    async def save_recovered(self, recovered: RecoveredRecording, settings: Settings) -> None:
+        """Catalogue a recording that crash recovery rebuilt (its playlists are published)."""
+        _, channel = await asyncio.to_thread(self.store.get_session, recovered.session_id)
+        await asyncio.to_thread(
+            functools.partial(
+                self.store.save_recording,
+                session_id=recovered.session_id,
+                channel_id=channel.id,
+                prefix=f"streams/{recovered.session_id}",
+                storage=self.storage.kind,
+                renditions=recovered.renditions,
+                duration_ms=recovered.duration_ms,
+                segments=recovered.segments,
+                size_bytes=recovered.size_bytes,
+                thumbnail=recovered.thumbnail,
+                retention_days=retention_days(channel, settings),
+            )
+        )
+        self.forget(recovered.session_id)
+        log.info("VOD %d recovered after a crash (channel %s)", recovered.session_id, channel.slug)
 
     # -- deleting ---------------------------------------------------------------------------
     async def delete(self, session_id: int) -> Recording:

@@ -1,23 +1,54 @@
-"""After a crash: the playlists of streams the last run left open get EXT-X-ENDLIST.
+"""After a crash: the streams the last run left open are ended, recordings become VODs.
 
 A server killed mid-stream leaves media playlists without ENDLIST, so players (and a CDN in
-front of S3) would poll them forever. At start-up, each such playlist's segments still on
-local disk are published again (for S3: uploaded, so nothing spooled is lost), then the
-playlist is republished with ENDLIST. Idempotent: a playlist that has ENDLIST is left alone.
+front of S3) would poll them forever. At start-up, for each such stream:
+
+- a recording (its folder has the packager's journal, ``recording.jsonl``): every segment and
+  init segment the journal lists that is still only on local disk is published (for S3:
+  uploaded, so nothing spooled is lost), then each rendition's VOD playlist is rebuilt from the
+  journal exactly as :meth:`LivePackager.finish` makes it, then the master playlist left on
+  disk is published again, and ``on_recording`` gets the VOD's figures. The journal is only
+  read, so running this twice gives the same playlists and the same figures;
+- any other stream: each open playlist's segments still on local disk are published, then the
+  playlist is republished with ENDLIST. A playlist that has ENDLIST is left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vilokanam.origin.gate import map_uris
-from vilokanam.origin.storage import Storage
+from vilokanam.origin.storage import SegmentDropped, Storage
+from vilokanam.packager.live import (
+    JOURNAL,
+    MASTER,
+    JournaledRecording,
+    RecordingSummary,
+    media_playlist_path,
+    read_journal,
+)
 
 log = logging.getLogger(__name__)
 
 ENDLIST = "#EXT-X-ENDLIST"
+PUBLISH_CONCURRENCY = 8
+"""Files published at once: enough to keep S3 busy, few enough not to overflow its spool."""
+
+
+@dataclass(frozen=True)
+class RecoveredRecording:
+    """A recording a crash interrupted, made a VOD again: for the VOD catalogue."""
+
+    session_id: int
+    renditions: list[str]
+    duration_ms: int
+    segments: int
+    size_bytes: int
+    thumbnail: bool
 
 
 def _named_files(text: str) -> list[str]:
@@ -48,16 +79,90 @@ async def end_open_playlists(storage: Storage, prefix: str) -> int:
     return ended
 
 
-async def recover_sessions(storage: Storage, session_ids: list[int]) -> None:
-    """:func:`end_open_playlists` for each stream a crash left open; failures are logged."""
-    for session_id in session_ids:
-        prefix = f"streams/{session_id}"
-        if not await asyncio.to_thread(Path(storage.root / prefix).is_dir):
-            continue
-        try:
-            ended = await end_open_playlists(storage, prefix)
-        except Exception:
-            log.exception("%s: could not end the playlists left open by a crash", prefix)
-            continue
+def _recorded_files(prefix: str, recording: JournaledRecording) -> list[str]:
+    """Every init segment and segment the journal lists, as relpaths, in listing order."""
+    files: dict[str, None] = {}
+    for name, entries in recording.archives.items():
+        for entry in entries:
+            if entry.init_uri:
+                files[f"{prefix}/{name}/{entry.init_uri}"] = None
+            files[f"{prefix}/{name}/{entry.uri}"] = None
+    return list(files)
+
+
+async def _publish_files(storage: Storage, prefix: str, relpaths: list[str]) -> None:
+    """Publish what players cannot get yet, a few at a time; a file gone everywhere is logged."""
+    published = await storage.published(prefix)
+    waiting = [relpath for relpath in relpaths if relpath not in published]
+    local = await asyncio.to_thread(lambda: {r for r in waiting if (storage.root / r).is_file()})
+    if len(local) < len(waiting):
+        log.error("%s: %d recorded file(s) are neither published nor on local disk",
+                  prefix, len(waiting) - len(local))  # fmt: skip
+    gate = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+
+    async def publish(relpath: str) -> None:
+        async with gate:
+            try:
+                await storage.publish_segment(relpath)
+            except (OSError, SegmentDropped) as exc:
+                log.error("%s: could not publish %s: %s", prefix, relpath, exc)
+
+    await asyncio.gather(*(publish(relpath) for relpath in waiting if relpath in local))
+
+
+async def rebuild_recording(
+    storage: Storage, prefix: str, recording: JournaledRecording
+) -> RecordingSummary | None:
+    """Publish a journaled recording's files, its VOD playlists, then its master playlist;
+    the VOD's figures (None: no master playlist on disk, so no playable VOD)."""
+    await _publish_files(storage, prefix, _recorded_files(prefix, recording))
+    for name, text in recording.playlists().items():
+        await storage.publish_playlist(f"{prefix}/{media_playlist_path(name)}", text)
+    master = storage.root / prefix / MASTER
+    try:
+        text = await asyncio.to_thread(master.read_text, "utf-8")
+    except FileNotFoundError:
+        log.error("%s: the recording has no master playlist; not kept as a VOD", prefix)
+        return None
+    await storage.publish_playlist(f"{prefix}/{MASTER}", text)
+    return recording.summary()
+
+
+async def recover_session(storage: Storage, session_id: int) -> RecoveredRecording | None:
+    """End one stream a crash left open; the VOD it left, if it was recorded."""
+    prefix = f"streams/{session_id}"
+    if not await asyncio.to_thread(Path(storage.root / prefix).is_dir):
+        return None
+    recording = await asyncio.to_thread(read_journal, storage.root / prefix / JOURNAL)
+    if recording is None:
+        ended = await end_open_playlists(storage, prefix)
         if ended:
             log.info("%s: ended %d playlist(s) left open by a crash", prefix, ended)
+        return None
+    summary = await rebuild_recording(storage, prefix, recording)
+    if summary is None:
+        return None
+    log.info("%s: recording rebuilt as a VOD after a crash (%d segments)", prefix,
+             summary.segments)  # fmt: skip
+    return RecoveredRecording(session_id=session_id, **asdict(summary))
+
+
+async def recover_sessions(
+    storage: Storage,
+    session_ids: list[int],
+    on_recording: Callable[[RecoveredRecording], Awaitable[None]] | None = None,
+) -> None:
+    """:func:`recover_session` for each stream a crash left open; ``on_recording`` is awaited
+    for each recording rebuilt, after its playlists are published. Failures are logged."""
+    for session_id in session_ids:
+        try:
+            recovered = await recover_session(storage, session_id)
+        except Exception:
+            log.exception("streams/%d: could not end what a crash left open", session_id)
+            continue
+        if recovered is None or on_recording is None:
+            continue
+        try:
+            await on_recording(recovered)
+        except Exception:
+            log.exception("streams/%d: saving the recovered recording failed", session_id)

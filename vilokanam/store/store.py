@@ -450,9 +450,11 @@ class Store:
             )
             return list(db.exec(query))
 
-    def unrecorded_ended(self, session_ids: Iterable[int], ended_before: datetime) -> list[int]:
-        """Of ``session_ids``, those whose media can go: ended before ``ended_before`` and
-        not kept as a VOD, or with no session at all (deleted with their channel)."""
+    def unrecorded_ended(
+        self, session_ids: Iterable[int], ended_before: datetime, *, orphans: bool = True
+    ) -> list[int]:
+        """Of ``session_ids``, those ended before ``ended_before`` and not kept as a VOD, and
+        (``orphans``) those with no session at all (deleted with their channel)."""
         wanted = sorted(set(session_ids))
         known: dict[int, tuple[SessionState, datetime | None]] = {}
         recorded: set[int] = set()
@@ -474,7 +476,7 @@ class Store:
 
         def removable(session_id: int) -> bool:
             if session_id not in known:
-                return True
+                return orphans
             state, ended_at = known[session_id]
             return (
                 state == SessionState.ENDED
