@@ -375,3 +375,36 @@ async def test_with_s3_a_recovered_recording_uploads_only_what_the_bucket_lacks(
         assert _figures(calls) == [asdict(finished.recording_summary())]
     assert JOURNAL not in str(s3_bucket.keys(PREFIX)), "the journal stays local"
     assert packager.recording_summary() == finished.recording_summary()
+
+
+@pytest.mark.e2e
+def test_a_server_catalogues_a_journaled_recording_an_earlier_run_did_not(tmp_path: Path) -> None:
+    """An ended session with a journal and no VOD (its save failed, or a crash cut recovery
+    short): the next start makes the VOD; a session with its VOD saved is left alone."""
+    settings = make_settings(tmp_path / "data")
+    store = Store(settings.database_url)
+    channel, _ = store.create_channel("news", "News")
+    assert channel.id is not None
+    while (session := store.start_session(channel.id)).id != SESSION:
+        pass
+    store.end_unfinished_sessions()
+    store.close()
+    packager = asyncio.run(_drive(LocalStorage(settings.media_dir), Scenario(dropped=set())))
+    summary = packager.recording_summary()
+    assert summary is not None and session.id == SESSION
+    server = ServerThread(settings).start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.store.recordings() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [(recording, _, owner)] = server.store.recordings()
+        assert (recording.session_id, owner.slug) == (SESSION, "news")
+        assert (recording.segments, recording.duration_ms) == (
+            summary.segments,
+            summary.duration_ms,
+        )
+        assert recording.renditions == summary.renditions and recording.thumbnail
+        vod = m3u8.loads((settings.media_dir / PREFIX / "source/index.m3u8").read_text())
+        assert vod.playlist_type == "vod" and vod.is_endlist
+    finally:
+        server.stop()
