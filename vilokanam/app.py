@@ -28,12 +28,11 @@ from vilokanam.origin.gate import BillingGate, ChannelCache, SegmentDurations, c
 from vilokanam.origin.http import create_app
 from vilokanam.origin.metrics import ServerMetrics
 from vilokanam.origin.storage import LocalStorage, Storage
-from vilokanam.origin.sweep import EndedStreamSweeper, journaled_folders
+from vilokanam.origin.sweep import EndedStreamSweeper, uncatalogued_recordings
 from vilokanam.origin.viewers import TRUSTED_PROXIES, ViewerCounter, feed_viewer_counts
 from vilokanam.origin.vod import RetentionTask, VodCatalogue
 from vilokanam.packager.recovery import recover_sessions
 from vilokanam.store import Store
-from vilokanam.store.models import utcnow
 
 log = logging.getLogger("vilokanam")
 
@@ -111,10 +110,8 @@ class VilokanamServer:
         abandoned = await asyncio.to_thread(self.store.end_unfinished_sessions)
         if abandoned:
             log.info("ended %d stream session(s) left open by an earlier run", len(abandoned))
-        journaled = await asyncio.to_thread(journaled_folders, self.storage.root)
-        uncatalogued = await asyncio.to_thread(  # a recovery or a VOD save a crash cut short
-            self.store.unrecorded_ended, journaled, utcnow(), orphans=False
-        )
+        root = self.storage.root
+        uncatalogued = await asyncio.to_thread(uncatalogued_recordings, self.store, root)
         await self.storage.start()
         save_recovered = functools.partial(self.vods.save_recovered, settings=self.settings)
         if recover := sorted(set(abandoned) | set(uncatalogued)):

@@ -27,7 +27,7 @@ def status(url: str) -> int:
 
 def test_unrecorded_streams_are_removed_after_keep_ended(start_server) -> None:  # type: ignore[no-untyped-def]
     ffmpeg = require_tool("ffmpeg", "the ffmpeg CLI is the publisher")
-    keep = 2
+    keep = 4
     server = start_server(
         hls={"keep_ended": keep, "window": 3},
         rtmp={"reconnect_window": 0.2},

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import m3u8
 
 from vilokanam.origin.storage import LocalStorage, SegmentDropped
-from vilokanam.packager.live import LivePackager
+from vilokanam.packager.live import JOURNAL, LivePackager, read_journal
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -90,7 +91,7 @@ class _SlowStorage(LocalStorage):
         self.release: dict[str, asyncio.Event] = {}
         self.order: list[str] = []
 
-    async def publish_segment(self, relpath: str) -> None:
+    async def publish_segment(self, relpath: str, *, droppable: bool = True) -> None:
         gate = self.release.setdefault(relpath, asyncio.Event())
         await gate.wait()
         self.order.append(relpath)
@@ -127,7 +128,7 @@ async def test_handling_never_waits_for_uploads_and_listing_stays_in_order(
 
 
 class _DroppingStorage(LocalStorage):
-    async def publish_segment(self, relpath: str) -> None:
+    async def publish_segment(self, relpath: str, *, droppable: bool = True) -> None:
         if relpath.endswith("seg-1.m4s"):
             raise SegmentDropped(relpath)
 
@@ -184,3 +185,46 @@ async def test_segments_waiting_for_upload_keep_their_own_init_segment(tmp_path:
     playlist = _playlist(tmp_path, "source")
     assert [s.init_section.uri for s in playlist.segments] == ["init-0.mp4", "init-1.mp4"]
     assert [s.discontinuity for s in playlist.segments] == [False, True]
+
+
+async def test_a_thumbnail_before_the_first_sequence_is_journaled_with_it(
+    tmp_path: Path,
+) -> None:
+    """The first keyframe's thumbnail comes before any sequence is listed: a journal holding
+    only its line would describe no VOD."""
+    packager = LivePackager("s", LocalStorage(tmp_path), segment_duration=2, window=3,
+                            delete_margin=1, recording=True)  # fmt: skip
+    await packager.handle({"type": "ladder", "renditions": ["source"]})
+    await packager.handle(_rendition("source", 0, tmp_path))
+    (tmp_path / "s" / "thumbnail.jpg").write_bytes(b"jpeg")
+    await packager.handle({"type": "thumbnail", "path": "thumbnail.jpg"})
+    while not packager.thumbnail:
+        await asyncio.sleep(0)
+    journal = tmp_path / "s" / JOURNAL
+    assert not journal.exists(), "no line before a sequence is listed"
+    for sequence in range(2):
+        await packager.handle(_segment(tmp_path, "source", sequence, 2.0 * sequence))
+        assert await packager.wait_listed(2)
+    kinds = [json.loads(line)["type"] for line in journal.read_text().splitlines()]
+    assert kinds == ["header", "sequence", "thumbnail", "sequence"]
+    recording = read_journal(journal)
+    assert recording is not None and recording.thumbnail
+    await packager.handle({"type": "thumbnail", "path": "thumbnail.jpg"})  # refreshed later
+    await asyncio.sleep(0.01)
+    assert journal.read_text().count('"thumbnail"') == 1
+
+
+def test_a_journal_from_before_with_the_thumbnail_first_still_reads(tmp_path: Path) -> None:
+    segment = {"uri": "seg-0.m4s", "duration": 2.0, "program_date_time": T0.isoformat(),
+               "init_uri": "init-0.mp4", "discontinuity": False, "size": 1000}  # fmt: skip
+    lines = [
+        {"type": "thumbnail"},
+        {"type": "header", "version": 1, "target_duration": 2.0, "ladder": ["source"]},
+        {"type": "sequence", "sequence": 0, "segments": {"source": segment}},
+    ]
+    journal = tmp_path / JOURNAL
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    recording = read_journal(journal)
+    assert recording is not None and recording.thumbnail
+    summary = recording.summary()
+    assert summary is not None and (summary.segments, summary.size_bytes) == (1, 1000)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from typing import Any
 
 import m3u8
 import pytest
+from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +25,13 @@ from tests.s3 import Bucket
 from vilokanam.config.settings import S3Settings
 from vilokanam.origin.s3 import S3Storage
 from vilokanam.origin.storage import LocalStorage, SegmentDropped, Storage
-from vilokanam.packager.live import JOURNAL, LivePackager, read_journal, vod_playlist
+from vilokanam.packager.live import (
+    JOURNAL,
+    JournaledRecording,
+    LivePackager,
+    read_journal,
+    vod_playlist,
+)
 from vilokanam.packager.recovery import (
     ENDLIST,
     RecoveredRecording,
@@ -134,10 +142,10 @@ class _Dropping(LocalStorage):
         super().__init__(root)
         self.dropped = {f"seg-{n}.m4s" for n in dropped}
 
-    async def publish_segment(self, relpath: str) -> None:
+    async def publish_segment(self, relpath: str, *, droppable: bool = True) -> None:
         if relpath.rpartition("-s7-")[2] in self.dropped:
             raise SegmentDropped(relpath)
-        await super().publish_segment(relpath)
+        await super().publish_segment(relpath, droppable=droppable)
 
 
 def _file(storage: Storage, relpath: str, size: int) -> str:
@@ -290,7 +298,8 @@ async def test_every_truncation_of_the_journal_is_a_prefix_of_the_vod(tmp_path: 
     for cut in range(len(data) + 1):
         copy.write_bytes(data[:cut])
         recording = read_journal(copy)
-        listed = [line for line in data[:cut].split(b"\n")[:-1] if b'"sequence"' in line]
+        complete = data[:cut].split(b"\n")[:-1]  # a torn last line does not count
+        listed = [line for line in complete if b'"sequence"' in line]
         if not listed:
             assert recording is None, cut
             continue
@@ -300,7 +309,7 @@ async def test_every_truncation_of_the_journal_is_a_prefix_of_the_vod(tmp_path: 
         assert recording.playlists() == expected, cut
         summary = recording.summary()
         assert summary is not None and summary.segments == count, cut
-        assert summary.thumbnail == (b'"thumbnail"' in data[:cut]), cut
+        assert summary.thumbnail == any(b'"thumbnail"' in line for line in complete), cut
 
 
 scenarios = st.builds(
@@ -385,7 +394,7 @@ def test_a_server_catalogues_a_journaled_recording_an_earlier_run_did_not(tmp_pa
     store = Store(settings.database_url)
     channel, _ = store.create_channel("news", "News")
     assert channel.id is not None
-    while (session := store.start_session(channel.id)).id != SESSION:
+    while (session := store.start_session(channel.id, recorded=True)).id != SESSION:
         pass
     store.end_unfinished_sessions()
     store.close()
@@ -408,3 +417,121 @@ def test_a_server_catalogues_a_journaled_recording_an_earlier_run_did_not(tmp_pa
         assert vod.playlist_type == "vod" and vod.is_endlist
     finally:
         server.stop()
+
+
+def _s3_settings(bucket: Bucket, **overrides: Any) -> S3Settings:
+    values = {"bucket": bucket.name, "endpoint_url": bucket.endpoint, "addressing_style": "path"}
+    return S3Settings(**(values | {"retry_initial": 0.05, "retry_max": 0.2} | overrides))
+
+
+def _media_files(root: Path) -> list[str]:
+    """The segments and init segments under the recording's folder, as relpaths."""
+    folder = root / PREFIX
+    return sorted(
+        p.relative_to(root).as_posix() for p in folder.rglob("*") if p.suffix in (".m4s", ".mp4")
+    )
+
+
+def _refuse_listing(**_: Any) -> None:
+    error = {"Code": "AccessDenied", "Message": "Access Denied"}
+    raise ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": 403}}, "List")
+
+
+async def test_with_s3_refusing_to_list_a_recording_is_recovered_from_local_disk(
+    tmp_path: Path, s3_bucket: Bucket, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A credential that can put but not list: every recorded file on disk is sent again."""
+    packager = await _drive(LocalStorage(tmp_path / "media"), Scenario(dropped=set()))
+    storage = S3Storage(tmp_path / "media", _s3_settings(s3_bucket))
+    await storage.start()
+    storage.client.meta.events.register("before-call.s3.ListObjectsV2", _refuse_listing)
+    calls: list[RecoveredRecording] = []
+    try:
+        with caplog.at_level(logging.ERROR):
+            await asyncio.wait_for(recover_sessions(storage, [SESSION], _record_into(calls)), 20)
+        assert await storage.flush(20)
+    finally:
+        await storage.close(5)
+    assert _figures(calls) == [asdict(packager.recording_summary())]
+    assert set(_media_files(storage.root)) <= set(s3_bucket.keys(PREFIX))
+    assert "could not list what is published" in caplog.text and "s3:ListBucket" in caplog.text
+
+
+async def test_with_s3_recovered_segments_are_never_given_up_for_spool_room(
+    tmp_path: Path, s3_bucket: Bucket
+) -> None:
+    """More recorded MiB than the spool holds: recovery's uploads wait instead of dropping."""
+    scenario = Scenario(ladder=["source"], dropped=set())
+    packager = await _drive(LocalStorage(tmp_path / "media"), scenario)
+    files = _media_files(tmp_path / "media")
+    for relpath in files:
+        if relpath.endswith(".m4s"):
+            (tmp_path / "media" / relpath).write_bytes(b"s" * (4 * 1024 * 1024))
+    settings = _s3_settings(s3_bucket, spool_max_mb=16, upload_concurrency=1)
+    storage = S3Storage(tmp_path / "media", settings)
+    await storage.start()
+    storage.client.meta.events.register("before-call.s3.PutObject", lambda **_: time.sleep(0.1))
+    calls: list[RecoveredRecording] = []
+    try:
+        await recover_sessions(storage, [SESSION], _record_into(calls))
+        assert await storage.flush(20)
+    finally:
+        await storage.close(5)
+    assert storage.uploads_dropped == 0
+    assert set(files) <= set(s3_bucket.keys(PREFIX))
+    assert _figures(calls) == [asdict(packager.recording_summary())]
+
+
+class _Unpublishable(LocalStorage):
+    """Nothing counts as published yet, and one recorded file cannot be published."""
+
+    def __init__(self, root: Path, failing: str) -> None:
+        super().__init__(root)
+        self.failing = failing
+        self.droppable: list[bool] = []
+
+    async def published(self, prefix: str) -> set[str]:
+        return set()
+
+    async def publish_segment(self, relpath: str, *, droppable: bool = True) -> None:
+        self.droppable.append(droppable)
+        if relpath.endswith(self.failing):
+            raise OSError(f"{relpath}: I/O error")
+        await super().publish_segment(relpath)
+
+
+async def test_a_recording_with_a_file_not_published_is_left_for_the_next_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    packager = await _drive(LocalStorage(tmp_path), Scenario(dropped=set()))
+    live = _playlists(tmp_path)
+    storage = _Unpublishable(tmp_path, "240p-s7-seg-3.m4s")
+    calls: list[RecoveredRecording] = []
+    with caplog.at_level(logging.ERROR, logger="vilokanam.packager.recovery"):
+        await recover_sessions(storage, [SESSION], _record_into(calls))
+    assert calls == [], "no VOD with a hole in the catalogue"
+    assert "the next start retries" in caplog.text
+    assert storage.droppable and not any(storage.droppable), "never given up for room"
+    assert _playlists(tmp_path) == live, "the live playlists wait for the retry"
+    await recover_sessions(LocalStorage(tmp_path), [SESSION], _record_into(calls))
+    assert _figures(calls) == [asdict(packager.recording_summary())]
+
+
+async def test_the_vod_playlists_are_rendered_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0.6 s a rendition for a 24 h journal: the loop keeps serving meanwhile."""
+    storage = LocalStorage(tmp_path)
+    await _drive(storage, Scenario(dropped=set()))
+    threads: list[threading.Thread] = []
+    render = JournaledRecording.playlists
+
+    def playlists(recording: JournaledRecording) -> dict[str, str]:
+        threads.append(threading.current_thread())
+        return render(recording)
+
+    monkeypatch.setattr(JournaledRecording, "playlists", playlists)
+    calls: list[RecoveredRecording] = []
+    await recover_sessions(storage, [SESSION], _record_into(calls))
+    assert len(calls) == 1 and threads
+    assert threading.current_thread() not in threads

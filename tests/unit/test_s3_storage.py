@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.s3 import Bucket, PausableProxy
 from vilokanam.config.settings import S3Settings
 from vilokanam.origin.metrics import ServerMetrics
-from vilokanam.origin.s3 import S3Storage, backoff
+from vilokanam.origin.s3 import ListingRefused, S3Storage, backoff
 from vilokanam.origin.storage import (
     PLAYLIST_CACHE,
     SEGMENT_CACHE,
     THUMBNAIL_CACHE,
+    LocalStorage,
     SegmentDropped,
 )
 
@@ -47,7 +49,7 @@ async def make_storage(tmp_path: Path, s3_bucket: Bucket) -> AsyncIterator[Facto
         await storage.close(0)
 
 
-def write(storage: S3Storage, relpath: str, data: bytes | int = 1000) -> bytes:
+def write(storage: S3Storage | LocalStorage, relpath: str, data: bytes | int = 1000) -> bytes:
     body = data if isinstance(data, bytes) else bytes(range(256)) * (data // 256 + 1)
     body = body[: len(body) if isinstance(data, bytes) else data]
     path = storage.root / relpath
@@ -490,3 +492,117 @@ async def test_a_master_playlist_waits_out_an_outage_behind_its_own_stream_only(
     last = {key: index for index, key in enumerate(attempts)}
     assert last["streams/14/master.m3u8"] < last["streams/13/master.m3u8"], "not held by 13"
     assert s3_bucket.keys("streams/13/") == sorted([segment, *media, "streams/13/master.m3u8"])
+
+
+def client_error(status: int, code: str, operation: str) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        operation,
+    )
+
+
+async def test_a_listing_s3_refuses_for_good_raises_at_once_naming_the_permission(
+    make_storage, s3_bucket: Bucket, caplog
+) -> None:
+    """A credential that can put but not list: deletes and recoveries fail, not hang."""
+    storage = await make_storage()
+    write(storage, "streams/20/source/seg-0.m4s", 100)
+    await storage.publish_segment("streams/20/source/seg-0.m4s")
+
+    def refuse(**_: Any) -> None:
+        raise client_error(403, "AccessDenied", "ListObjectsV2")
+
+    hook(storage, "before-call.s3.ListObjectsV2", refuse)
+    with caplog.at_level(logging.ERROR, logger="vilokanam.origin.s3"):
+        with pytest.raises(ListingRefused, match="s3:ListBucket"):
+            await asyncio.wait_for(storage.delete_prefix("streams/20"), 5)
+        with pytest.raises(ListingRefused, match="AccessDenied"):
+            await asyncio.wait_for(storage.published("streams/20"), 5)
+    assert sum("s3:ListBucket" in r.getMessage() for r in caplog.records) == 1, "logged once"
+    assert (storage.root / "streams/20/source/seg-0.m4s").exists(), "kept for the next try"
+    assert s3_bucket.keys("streams/20/") == ["streams/20/source/seg-0.m4s"]
+
+
+async def test_a_listing_that_fails_for_a_while_is_retried(make_storage) -> None:
+    storage = await make_storage()
+    write(storage, "streams/21/seg-0.m4s", 100)
+    await storage.publish_segment("streams/21/seg-0.m4s")
+    failures = [client_error(503, "SlowDown", "ListObjectsV2"), client_error(500, "X", "L")]
+
+    def flaky(**_: Any) -> None:
+        if failures:
+            raise failures.pop()
+
+    hook(storage, "before-call.s3.ListObjectsV2", flaky)
+    published = await asyncio.wait_for(storage.published("streams/21"), 10)
+    assert published == {"streams/21/seg-0.m4s"} and failures == []
+
+
+async def test_an_upload_that_is_not_droppable_outlasts_a_full_spool(
+    make_storage, s3_bucket: Bucket, s3_proxy: PausableProxy
+) -> None:
+    storage = await make_storage(endpoint=s3_proxy.endpoint, spool_max_mb=16)
+    s3_proxy.pause()
+    kept = [f"streams/22/seg-{n}.m4s" for n in range(3)]
+    uploads = []
+    for relpath in kept:
+        write(storage, relpath, 6 * MIB)
+        uploads.append(asyncio.create_task(storage.publish_segment(relpath, droppable=False)))
+        while storage.spool_files < len(uploads):
+            await asyncio.sleep(0.01)
+    write(storage, "streams/22/live.m4s", 4 * MIB)
+    live = asyncio.create_task(storage.publish_segment("streams/22/live.m4s"))
+    while storage.spool_files < 4:
+        await asyncio.sleep(0.01)
+    assert storage.uploads_dropped == 0 and not any(task.done() for task in uploads)
+    assert all((storage.root / relpath).exists() for relpath in kept)
+    s3_proxy.resume()
+    await asyncio.wait_for(asyncio.gather(*uploads, live), 20)
+    assert s3_bucket.keys("streams/22/") == sorted([*kept, "streams/22/live.m4s"])
+
+
+async def test_a_playlist_put_given_up_no_longer_holds_its_master_or_deletes(
+    make_storage, s3_bucket: Bucket, caplog
+) -> None:
+    """An error that is not retried ends a playlist's put; what waited for it goes on."""
+    storage = await make_storage()
+    media = "streams/23/source/index.m3u8"
+
+    def broken(params: dict[str, Any], **_: Any) -> None:
+        if params["url"].endswith(media):
+            raise RuntimeError("a bug in the put")
+
+    hook(storage, "before-call.s3.PutObject", broken)
+    for n in range(2):
+        write(storage, f"streams/23/source/seg-{n}.m4s", 100)
+        await storage.publish_segment(f"streams/23/source/seg-{n}.m4s")
+    await storage.publish_playlist(media, playlist("seg-0.m4s", "seg-1.m4s"))
+    await storage.publish_playlist("streams/23/master.m3u8", master("source"))
+    await storage.delete(["streams/23/source/seg-0.m4s"])
+    with caplog.at_level(logging.ERROR, logger="vilokanam.origin.s3"):
+        assert await storage.flush(5), "neither the master nor the delete waits forever"
+    assert s3_bucket.keys("streams/23/") == [
+        "streams/23/master.m3u8", "streams/23/source/seg-1.m4s"
+    ]  # fmt: skip
+    assert any(f"{media} given up" in r.getMessage() for r in caplog.records)
+
+
+def _rmtree_that_leaves_the_folder(path: Any, ignore_errors: bool = False, **_: Any) -> None:
+    """``shutil.rmtree`` when a file cannot go (EACCES, EBUSY) or vanishes meanwhile."""
+    if not ignore_errors:
+        raise FileNotFoundError(f"{path}/gone-meanwhile")
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+async def test_delete_prefix_raises_when_the_folder_stays(
+    kind: str, make_storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller (a VOD delete) keeps its row and tries again, as files (a journal) remain."""
+    storage = LocalStorage(tmp_path / "media") if kind == "local" else await make_storage()
+    write(storage, "streams/24/recording.jsonl", 100)
+    monkeypatch.setattr("shutil.rmtree", _rmtree_that_leaves_the_folder)
+    with pytest.raises(OSError, match="could not be removed"):
+        await storage.delete_prefix("streams/24")
+    monkeypatch.undo()
+    assert await storage.delete_prefix("streams/24") == 1
+    assert not (storage.root / "streams/24").exists()

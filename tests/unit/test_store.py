@@ -325,9 +325,9 @@ def test_fresh_upgrade_matches_the_models_and_is_idempotent(url: str) -> None:
     assert migrate.current(url) is None
     if url.startswith("sqlite"):
         assert not Path(url.removeprefix("sqlite:///")).exists(), "status created the file"
-    assert migrate.pending(url) == migrate.revisions() == ["0001", "0002", "0003", "0004"]
-    assert migrate.upgrade(url) == ["0001", "0002", "0003", "0004"]
-    assert migrate.current(url) == migrate.head() == "0004"
+    assert migrate.pending(url) == migrate.revisions() == ["0001", "0002", "0003", "0004", "0005"]
+    assert migrate.upgrade(url) == ["0001", "0002", "0003", "0004", "0005"]
+    assert migrate.current(url) == migrate.head() == "0005"
     assert _diffs(url, SQLModel.metadata) == []
     assert migrate.upgrade(url) == [] and migrate.pending(url) == []
     store = Store(url)
@@ -347,7 +347,7 @@ def test_downgrade_and_upgrade_again(url: str) -> None:
     store.close()
     migrate.downgrade(url, "0001")
     assert migrate.current(url) == "0001"
-    assert migrate.upgrade(url) == ["0002", "0003", "0004"]
+    assert migrate.upgrade(url) == ["0002", "0003", "0004", "0005"]
     store = Store(url)
     assert store.get_channel("news").tags == []
     store.close()
@@ -371,11 +371,16 @@ def test_legacy_database_is_stamped_and_upgraded(url: str) -> None:
             {"channel_id": 1, "state": "ENDED", "started_at": created, "segments": 4},
         )
     engine.dispose()
-    assert migrate.current(url) == "0001" and migrate.pending(url) == ["0002", "0003", "0004"]
+    assert migrate.current(url) == "0001" and migrate.pending(url) == [
+        "0002",
+        "0003",
+        "0004",
+        "0005",
+    ]
 
     store = Store(url)
-    assert store.applied_migrations == ["0002", "0003", "0004"]
-    assert migrate.current(url) == "0004"
+    assert store.applied_migrations == ["0002", "0003", "0004", "0005"]
+    assert migrate.current(url) == "0005"
     channel = store.channel_for_key(key)
     assert channel is not None and (channel.slug, channel.title) == ("old", "Old")
     assert channel.created_at == channel.updated_at == created.replace(tzinfo=UTC)

@@ -4,8 +4,10 @@ on local disk and in S3; recordings (catalogued or not yet), live streams and re
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,12 @@ from vilokanam.origin.s3 import S3Storage
 from vilokanam.origin.storage import LocalStorage, Storage
 from vilokanam.origin.sweep import EndedStreamSweeper, journaled_folders, stream_folders
 from vilokanam.packager.live import JOURNAL
-from vilokanam.store import SessionState, Store
+from vilokanam.store import SessionState, Store, StreamSession
+from vilokanam.store.models import utcnow
+from vilokanam.store.store import MediaState
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 KEEP = 300
+LONG_AGO = 10 * KEEP
 
 
 class Streams:
@@ -34,29 +38,44 @@ class Streams:
         assert channel.id is not None
         self.channel_id = channel.id
 
-    def session(self, *, ended_ago: float | None, recorded: bool = False) -> int:
-        """A session (ended ``ended_ago`` seconds before NOW; None: still live) with files."""
-        session = self.store.start_session(self.channel_id)
+    def session(
+        self, *, ended_ago: float | None, recorded: bool | None = False, vod: bool = False
+    ) -> int:
+        """A session (ended ``ended_ago`` seconds ago, its files last written then; None: still
+        live) with files; ``recorded=None``: one from before that was saved."""
+        session = self.store.start_session(self.channel_id, recorded=bool(recorded))
         assert session.id is not None
+        if recorded is None:
+            with self.store.session() as db:
+                row = db.get(StreamSession, session.id)
+                assert row is not None
+                row.recorded = None
+                db.add(row)
+                db.commit()
         if ended_ago is not None:
-            at = NOW - timedelta(seconds=ended_ago)
+            at = utcnow() - timedelta(seconds=ended_ago)
             self.store.update_session(session.id, state=SessionState.ENDED, at=at)
         else:
             self.store.update_session(session.id, state=SessionState.LIVE)
-        if recorded:
+        if vod:
             self.store.save_recording(
                 session_id=session.id, channel_id=self.channel_id,
                 prefix=f"streams/{session.id}", storage="local", renditions=["source"],
                 duration_ms=4000, segments=2, size_bytes=10, thumbnail=False, retention_days=0,
             )  # fmt: skip
-        self.write(session.id)
+        self.write(session.id, written_ago=ended_ago or 0)
         return session.id
 
-    def write(self, session_id: int) -> None:
+    def write(self, session_id: int, written_ago: float = LONG_AGO) -> None:
         folder = self.root / f"streams/{session_id}/source"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "index.m3u8").write_text("#EXTM3U\n#EXT-X-ENDLIST\n")
         (folder / "seg-0.m4s").write_bytes(b"x" * 100)
+        then = time.time() - written_ago
+        os.utime(folder / "index.m3u8", (then, then))
+
+    def journal(self, session_id: int, lines: str) -> None:
+        (self.root / f"streams/{session_id}" / JOURNAL).write_text(lines)
 
     def exists(self, session_id: int) -> bool:
         return (self.root / f"streams/{session_id}").exists()
@@ -70,32 +89,46 @@ def streams(tmp_path: Path) -> Iterator[Streams]:
 
 
 def sweeper(streams: Streams, storage: Storage, **options: object) -> EndedStreamSweeper:
-    options = {"keep_ended": KEEP, "clock": lambda: NOW} | options
-    return EndedStreamSweeper(streams.store, storage, **options)  # type: ignore[arg-type]
+    return EndedStreamSweeper(streams.store, storage, **({"keep_ended": KEEP} | options))  # type: ignore[arg-type]
 
 
-def test_unrecorded_ended_picks_old_unrecorded_ends_and_orphans(streams: Streams) -> None:
+USABLE_JOURNAL = (
+    '{"type": "header", "version": 1, "target_duration": 2.0, "ladder": ["source"]}\n'
+    '{"type": "sequence", "sequence": 0, "segments": {"source": {"uri": "seg-0.m4s", '
+    '"duration": 2.0, "program_date_time": "2026-01-01T00:00:00+00:00", "init_uri": null, '
+    '"discontinuity": false, "size": 100}}}\n'
+)
+
+
+def test_media_states_judge_by_end_recording_and_vod(streams: Streams) -> None:
     old = streams.session(ended_ago=KEEP + 1)
     recent = streams.session(ended_ago=KEEP - 1)
     live = streams.session(ended_ago=None)
-    recorded = streams.session(ended_ago=KEEP * 10, recorded=True)
-    orphan = 10_000  # a folder whose session went with its channel
-    cutoff = NOW - timedelta(seconds=KEEP)
-    candidates = [old, recent, live, recorded, orphan, old]
-    assert streams.store.unrecorded_ended(candidates, cutoff) == [old, orphan]
-    assert streams.store.unrecorded_ended(candidates, cutoff, orphans=False) == [old]
-    assert streams.store.unrecorded_ended([], cutoff) == []
+    vod = streams.session(ended_ago=LONG_AGO, recorded=True, vod=True)
+    unmade = streams.session(ended_ago=LONG_AGO, recorded=True)
+    legacy = streams.session(ended_ago=LONG_AGO, recorded=None)
+    orphan = 10_000  # a folder whose session is not in this database
+    cutoff = utcnow() - timedelta(seconds=KEEP)
+    states = streams.store.media_states(
+        [old, recent, live, vod, unmade, legacy, orphan, old], cutoff
+    )
+    assert states == {
+        old: MediaState.UNRECORDED, recent: MediaState.WAIT, live: MediaState.WAIT,
+        vod: MediaState.KEEP, unmade: MediaState.UNCATALOGUED, legacy: MediaState.KEEP,
+        orphan: MediaState.KEEP,
+    }  # fmt: skip
+    assert streams.store.media_states([], cutoff) == {}
 
 
-def test_unrecorded_ended_handles_more_ids_than_one_query_takes(streams: Streams) -> None:
+def test_media_states_take_more_ids_than_one_query(streams: Streams) -> None:
     old = streams.session(ended_ago=KEEP + 1)
-    ids = [old, *range(20_000, 21_200)]
-    assert streams.store.unrecorded_ended(ids, NOW) == ids
+    states = streams.store.media_states([old, *range(20_000, 21_200)], utcnow())
+    assert len(states) == 1201 and states[old] is MediaState.UNRECORDED
 
 
 def test_stream_folders_lists_session_folders_only(tmp_path: Path) -> None:
     assert stream_folders(tmp_path) == []
-    for name in ("12", "3", "x7", "4.tmp"):
+    for name in ("12", "3", "x7", "4.tmp", "\u00b2", "\u0661"):  # superscript 2, Arabic 1
         (tmp_path / "streams" / name).mkdir(parents=True)
     (tmp_path / "streams" / "5").write_text("a file, not a stream")
     assert stream_folders(tmp_path) == [3, 12]
@@ -103,24 +136,46 @@ def test_stream_folders_lists_session_folders_only(tmp_path: Path) -> None:
     assert journaled_folders(tmp_path) == [12]
 
 
-async def test_a_pass_deletes_only_old_unrecorded_streams(streams: Streams) -> None:
+async def test_a_pass_deletes_only_what_is_known_unrecorded_and_done(streams: Streams) -> None:
     storage = LocalStorage(streams.root)
     old = streams.session(ended_ago=KEEP + 5)
     recent = streams.session(ended_ago=10)
     live = streams.session(ended_ago=None)
-    recorded = streams.session(ended_ago=KEEP * 10, recorded=True)
-    crashed_recording = streams.session(ended_ago=KEEP * 10)
-    (streams.root / f"streams/{crashed_recording}" / JOURNAL).write_text("{}\n")
-    busy = streams.session(ended_ago=KEEP * 10)  # the store says ended; this server writes it
+    vod = streams.session(ended_ago=LONG_AGO, recorded=True, vod=True)
+    legacy = streams.session(ended_ago=LONG_AGO, recorded=None)
+    to_recover = streams.session(ended_ago=LONG_AGO, recorded=True)
+    streams.journal(to_recover, USABLE_JOURNAL)
+    too_short = streams.session(ended_ago=LONG_AGO, recorded=True)
+    streams.journal(too_short, '{"type": "thumbnail"}\n')  # nothing a VOD could be made of
+    draining = streams.session(ended_ago=LONG_AGO)
+    streams.write(draining, written_ago=10)  # its ENDLIST was written long after the end
+    busy = streams.session(ended_ago=LONG_AGO)  # the store says ended; this server writes it
     orphan = 10_000
     streams.write(orphan)
     sweep = sweeper(streams, storage, in_use=lambda: [f"streams/{busy}"])
 
-    assert await sweep.sweep() == [old, orphan]
-    assert not streams.exists(old) and not streams.exists(orphan)
-    for kept in (recent, live, recorded, crashed_recording, busy):
+    assert await sweep.sweep() == [old, too_short]
+    assert not streams.exists(old) and not streams.exists(too_short)
+    for kept in (recent, live, vod, legacy, to_recover, draining, busy, orphan):
         assert streams.exists(kept), kept
     assert await sweep.sweep() == []  # nothing left to do
+
+
+async def test_folders_kept_for_good_are_not_looked_up_again(streams: Streams) -> None:
+    vod = streams.session(ended_ago=LONG_AGO, recorded=True, vod=True)
+    recent = streams.session(ended_ago=10)
+    sweep = sweeper(streams, LocalStorage(streams.root))
+    asked: list[list[int]] = []
+    real = streams.store.media_states
+
+    def media_states(ids: list[int], cutoff: datetime) -> dict[int, MediaState]:
+        asked.append(sorted(ids))
+        return real(ids, cutoff)
+
+    streams.store.media_states = media_states  # type: ignore[method-assign]
+    await sweep.sweep()
+    await sweep.sweep()
+    assert asked == [[vod, recent], [recent]]
 
 
 async def test_keep_ended_zero_keeps_everything(streams: Streams) -> None:
@@ -154,12 +209,16 @@ async def test_a_failing_delete_is_retried_next_pass(
 
 async def test_the_task_waits_for_recovery_then_sweeps_periodically(streams: Streams) -> None:
     old = streams.session(ended_ago=KEEP + 5)
-    recovery_done = asyncio.Event()
+    recovery = asyncio.ensure_future(asyncio.Event().wait())
     sweep = sweeper(streams, LocalStorage(streams.root), every=0.05)
-    sweep.start(after=recovery_done.wait())
+    sweep.start(after=recovery)
     await asyncio.sleep(0.2)
     assert streams.exists(old), "no pass before recovery finished"
-    recovery_done.set()
+    await sweep.stop()
+    assert not recovery.cancelled(), "stopping the sweep leaves recovery running"
+    done = asyncio.Event()
+    sweep.start(after=done.wait())
+    done.set()
     for _ in range(100):
         if not streams.exists(old):
             break
@@ -172,6 +231,7 @@ async def test_the_task_waits_for_recovery_then_sweeps_periodically(streams: Str
         await asyncio.sleep(0.02)
     assert not streams.exists(later)
     await sweep.stop()
+    recovery.cancel()
 
 
 async def test_s3_objects_go_with_the_local_folder(
@@ -193,6 +253,8 @@ async def test_s3_objects_go_with_the_local_folder(
             )
         assert await storage.flush(10)
         assert len(s3_bucket.keys(f"streams/{old}/")) == 2
+        then = time.time() - LONG_AGO  # the playlist was rewritten above: its end is long past
+        os.utime(streams.root / f"streams/{old}/source/index.m3u8", (then, then))
 
         assert await sweeper(streams, storage).sweep() == [old]
         assert s3_bucket.keys(f"streams/{old}/") == []

@@ -502,6 +502,26 @@ async def test_api_lists_shows_and_deletes_vods(api: TestClient, world: World) -
     assert (await api.get("/api/v1/vods")).status == 401
 
 
+async def test_a_delete_the_storage_refuses_is_503_and_loses_nothing(
+    api: TestClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = world.record("free")
+
+    async def refused(prefix: str) -> int:
+        raise PermissionError(f"{prefix}: S3 refused to list (s3:ListBucket)")
+
+    monkeypatch.setattr(world.storage, "delete_prefix", refused)
+    response = await api.delete(f"/api/v1/vods/{sid}", headers=AUTH)
+    body = await response.json()
+    assert response.status == 503 and body["error"] == "storage_error", body
+    assert "s3:ListBucket" in body["detail"] and "try again" in body["detail"]
+    assert [r.session_id for r, _, _ in world.store.recordings()] == [sid]
+    channel = await api.delete("/api/v1/channels/free", headers=AUTH)
+    assert channel.status == 503 and world.store.get_channel("free").slug == "free"
+    monkeypatch.undo()
+    assert (await api.delete(f"/api/v1/vods/{sid}", headers=AUTH)).status == 204
+
+
 async def test_api_channel_recording_fields(api: TestClient, world: World) -> None:
     body = {"slug": "rec", "record": True, "vod_retention_days": 14}
     created = await (await api.post("/api/v1/channels", json=body, headers=AUTH)).json()
@@ -518,11 +538,41 @@ async def test_api_channel_recording_fields(api: TestClient, world: World) -> No
         assert [e["field"] for e in (await response.json())["detail"]] == list(bad), bad
 
 
+def unrecorded_stream(world: World, slug: str) -> int:
+    """An ended stream that was not recorded, its last window still on disk."""
+    channel = world.store.get_channel(slug)
+    assert channel.id is not None
+    session = world.store.start_session(channel.id)
+    assert session.id is not None
+    world.store.update_session(session.id, state=SessionState.ENDED)
+    (world.folder(session.id) / "source").mkdir(parents=True)
+    (world.folder(session.id) / "source" / "index.m3u8").write_text("#EXTM3U\n#EXT-X-ENDLIST\n")
+    return session.id
+
+
 async def test_api_deleting_a_channel_deletes_its_vods_media(api: TestClient, world: World) -> None:
     sid = world.record("free")
+    unrecorded = unrecorded_stream(world, "free")
+    other = unrecorded_stream(world, "paid")
     response = await api.delete("/api/v1/channels/free", headers=AUTH)
     assert response.status == 200
     assert not world.folder(sid).exists() and world.store.recordings() == []
+    assert not world.folder(unrecorded).exists(), "nothing would name it afterwards"
+    assert world.folder(other).exists()
+
+
+def test_cli_deleting_a_channel_offline_deletes_its_media(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VILOKANAM_DATA_DIR", str(world.settings.data_dir))
+    monkeypatch.setenv("VILOKANAM_HTTP_PORT", str(world.settings.http.port))  # nothing there
+    sid = world.record("free")
+    unrecorded = unrecorded_stream(world, "free")
+    other = unrecorded_stream(world, "paid")
+    deleted = CliRunner().invoke(cli_app, ["channel", "delete", "free", "--yes"])
+    assert deleted.exit_code == 0, deleted.output
+    assert not world.folder(sid).exists() and not world.folder(unrecorded).exists()
+    assert world.folder(other).exists() and world.store.recordings() == []
 
 
 # -- the CLI (local database, no server running) ---------------------------------------------------
@@ -542,6 +592,8 @@ def test_cli_vod_commands_offline(world: World, monkeypatch: pytest.MonkeyPatch)
     assert older.exit_code == 0 and json.loads(older.output) == [], older.output
     bad = runner.invoke(cli_app, ["vod", "list", "--limit", "0"])
     assert bad.exit_code == 2 and "--limit" in bad.output
+    bad = runner.invoke(cli_app, ["vod", "list", "--before", "0"])
+    assert bad.exit_code == 2 and "--before" in bad.output
     shown = runner.invoke(cli_app, ["vod", "show", str(sid)])
     assert shown.exit_code == 0 and "thumbnail" in shown.output
     refused = runner.invoke(cli_app, ["vod", "delete", str(sid)], input="n\n")

@@ -10,12 +10,16 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
 from vilokanam.config import Settings
 from vilokanam.config.urls import urls_for
+
+if TYPE_CHECKING:
+    from vilokanam.origin.storage import Storage
 
 Json = Any
 
@@ -328,9 +332,17 @@ class LocalBackend:
         server = self._server_if_running()
         if server is not None:
             return server.delete_channel(slug)
-        channel = self.store.get_channel(slug)  # its VODs' media first: rows go with it
-        for vod in self.vods.list(channel.slug):
-            self._delete_vod_offline(vod.id)
+        from vilokanam.origin.vod import delete_stream_media, delete_vod
+
+        channel = self.store.get_channel(slug)  # its media first: rows go with it
+        vods = [vod.id for vod in self.vods.list(channel.slug)]
+
+        async def delete_media(storage: Storage) -> None:
+            for vod_id in vods:
+                await delete_vod(self.store, storage, vod_id)
+            await delete_stream_media(self.store, storage, channel.id)
+
+        self._with_storage(delete_media)
         return self._dump(self.service.delete(slug))
 
     def rotate_key(self, slug: str, kick: bool = False) -> Json:
@@ -357,8 +369,7 @@ class LocalBackend:
         return self._server_required().kick(slug)
 
     def history(self, channel: str | None, limit: int, before: int | None) -> Json:
-        if not 1 <= limit <= 500:
-            raise CliError("--limit: must be between 1 and 500", 2)
+        _check_page(limit, before)
         return self._dump(self.service.history(channel, limit, before))
 
     def session(self, session_id: int) -> Json:
@@ -375,8 +386,7 @@ class LocalBackend:
         return VodService(self.store, urls_for(self.settings))
 
     def list_vods(self, channel: str | None, limit: int, before: int | None) -> Json:
-        if not 1 <= limit <= 500:
-            raise CliError("--limit: must be between 1 and 500", 2)
+        _check_page(limit, before)
         return self._dump(self.vods.list(channel, limit, before))
 
     def get_vod(self, vod_id: int) -> Json:
@@ -388,25 +398,27 @@ class LocalBackend:
         server = self._server_if_running()
         if server is not None:
             return server.delete_vod(vod_id)
+        from vilokanam.origin.vod import delete_vod
+
         vod = self.get_vod(vod_id)
-        self._delete_vod_offline(vod_id)
+        self._with_storage(lambda storage: delete_vod(self.store, storage, vod_id))
         return vod
 
-    def _delete_vod_offline(self, vod_id: int) -> None:
+    def _with_storage(self, work: Callable[[Storage], Awaitable[object]]) -> None:
+        """Run ``work`` on the configured media storage (local disk or S3), no server running."""
         import asyncio
 
         from vilokanam.app import create_storage
-        from vilokanam.origin.vod import delete_vod
 
-        async def delete() -> None:
+        async def run() -> None:
             storage = create_storage(self.settings)
             await storage.start()
             try:
-                await delete_vod(self.store, storage, vod_id)
+                await work(storage)
             finally:
                 await storage.close(self.settings.s3.shutdown_grace)
 
-        asyncio.run(delete())
+        asyncio.run(run())
 
     # -- billing ----------------------------------------------------------------
     @property
@@ -480,3 +492,11 @@ class LocalBackend:
 
 
 Backend = LocalBackend | RemoteBackend
+
+
+def _check_page(limit: int, before: int | None) -> None:
+    """The paging options as the API checks them (a remote server answers 422 otherwise)."""
+    if not 1 <= limit <= 500:
+        raise CliError("--limit: must be between 1 and 500", 2)
+    if before is not None and before < 1:
+        raise CliError("--before: must be a positive id (the last id of the previous page)", 2)

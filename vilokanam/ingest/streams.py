@@ -172,7 +172,9 @@ class StreamStats:
 class LiveStream:
     """One stream session: feeds the worker, restarts it, and drives the packager."""
 
-    def __init__(self, manager: StreamManager, channel: Channel, session_id: int) -> None:
+    def __init__(
+        self, manager: StreamManager, channel: Channel, session_id: int, *, recording: bool
+    ) -> None:
         self.manager = manager
         self.settings = manager.settings
         self.channel = channel
@@ -185,7 +187,7 @@ class LiveStream:
         self.durations_ms: list[int] = []
         """Every sequence's duration in ms (0: never finished), saved with the session."""
         self.end_reason = "publisher left"
-        self.recording = records(channel, self.settings)
+        self.recording = recording
         """Whether this session is kept as a VOD when it ends (decided once, at its start)."""
         self.packager = LivePackager(
             self.prefix,
@@ -567,9 +569,12 @@ class StreamManager:
                 stream.new_publisher(publisher)
                 log.info("%s: publisher %s resumed the stream", stream.name, publisher.peer)
                 return stream
-        session = await asyncio.to_thread(self.store.start_session, channel.id, publisher.peer)
+        recording = records(channel, self.settings)
+        session = await asyncio.to_thread(
+            self.store.start_session, channel.id, publisher.peer, recorded=recording
+        )
         assert session.id is not None
-        stream = LiveStream(self, channel, session.id)
+        stream = LiveStream(self, channel, session.id, recording=recording)
         stream.publisher = publisher
         self.streams[channel.id] = stream
         self._recent_prefix[channel.slug] = stream.prefix

@@ -5,11 +5,13 @@ from there; every published file is also put to ``{prefix}{relpath}`` in the buc
 through one boto3 client in a thread pool, at most ``upload_concurrency`` at a time, oldest
 first, and are retried with backoff for as long as it takes: an S3 outage makes
 :meth:`S3Storage.publish_segment` wait, not fail. What waits is bounded (``spool_max_mb``); past
-it the oldest waiting segments are given up (:class:`SegmentDropped`). Playlists are written
-locally at once and put behind the segments they name; a master playlist is put only once every
-segment and playlist of its stream queued before it is in S3, so it never names a missing media
-playlist; deletes wait for the playlist puts queued before them, so S3 never lists a segment
-that is gone.
+it the oldest waiting segments are given up (:class:`SegmentDropped`), never init segments nor
+uploads asked for with ``droppable=False`` (crash recovery). Playlists are written locally at
+once and put behind the segments they name; a master playlist is put only once every segment
+and playlist of its stream queued before it is in S3 (or given up), so it never names a missing
+media playlist; deletes wait for the playlist puts queued before them, so S3 never lists a
+segment that is gone. A listing S3 refuses for good (no ``s3:ListBucket``) raises
+:class:`ListingRefused` instead of waiting.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class _Playlist:
     """Versions handed in so far."""
     sent: int = 0
     """The newest version S3 holds."""
+    given_up: int = 0
+    """Versions up to this one failed for good: nothing waits for them any more."""
     active: bool = False
     """A worker owns this playlist (queued or putting): at most one, so versions stay in order."""
     cancelled: bool = False
@@ -104,6 +108,10 @@ class _Playlist:
     """A master playlist: versions of its stream's playlists that S3 must hold first."""
     uploads: list[asyncio.Future[None]] = field(default_factory=list)
     """A master playlist: its stream's segment uploads to wait for first."""
+
+    def settled(self, version: int) -> bool:
+        """Whether a write waiting for ``version`` may go: S3 holds it, or it never will."""
+        return self.cancelled or self.sent >= version or self.given_up >= version
 
 
 @dataclass(eq=False)
@@ -113,6 +121,10 @@ class _Delete:
     """Playlist versions queued before the delete: S3 must hold them first."""
     attempts: list[asyncio.Future[Any]] = field(default_factory=list)
     """Puts of these keys already running: deleting first would let them resurrect the key."""
+
+
+class ListingRefused(PermissionError):
+    """S3 refuses for good to list the bucket (the credentials lack ``s3:ListBucket``)."""
 
 
 class S3Storage:
@@ -162,6 +174,7 @@ class S3Storage:
         self._failure_logged = 0.0
         self._slow_logged = -SLOW_LOG_EVERY
         self._observed = 0
+        self._list_refusal_logged = False
 
     # -- figures --------------------------------------------------------------------------
 
@@ -293,7 +306,8 @@ class S3Storage:
 
     # -- segments -------------------------------------------------------------------------
 
-    async def publish_segment(self, relpath: str) -> None:
+    async def publish_segment(self, relpath: str, *, droppable: bool = True) -> None:
+        """Upload ``relpath``; ``droppable=False``: never given up to make spool room."""
         self._require_started()
         size = (await asyncio.to_thread(os.stat, self.root / relpath)).st_size
         waiting = self._uploads.get(relpath)
@@ -301,6 +315,7 @@ class S3Storage:
             # Re-published before its put began (a thumbnail): that put sends the new bytes.
             self.spool_bytes += size - waiting.size
             waiting.size = size
+            waiting.droppable = waiting.droppable and droppable
             await asyncio.shield(waiting.done)
             return
         job = _Upload(
@@ -308,7 +323,7 @@ class S3Storage:
             size,
             asyncio.get_running_loop().create_future(),
             # Without its init segment no later segment of the rendition plays: kept.
-            droppable=not relpath.endswith(".mp4"),
+            droppable=droppable and not relpath.endswith(".mp4"),
         )
         job.done.add_done_callback(_retrieve)
         self._make_room(size)
@@ -474,7 +489,7 @@ class S3Storage:
     def _clear(self, state: _Playlist) -> bool:
         """Whether what ``state`` waits for is done (forgetting what is)."""
         if state.after:
-            state.after = {s: v for s, v in state.after.items() if not s.cancelled and s.sent < v}
+            state.after = {s: v for s, v in state.after.items() if not s.settled(v)}
         if state.uploads:
             state.uploads = [upload for upload in state.uploads if not upload.done()]
         return not (state.after or state.uploads)
@@ -498,7 +513,10 @@ class S3Storage:
         self._queue.put_nowait(state)
 
     async def _put_playlist(self, state: _Playlist) -> None:
-        """Put the newest version until S3 holds it; versions queued meanwhile coalesce."""
+        """Put the newest version until S3 holds it; versions queued meanwhile coalesce.
+
+        An error that is not retried gives the queued versions up: a master playlist or a
+        delete waiting for them goes on (a later version is put as usual)."""
         failures = 0
         handed_on = False
         try:
@@ -525,6 +543,11 @@ class S3Storage:
                         del self._playlists[state.relpath]  # the next version starts afresh
                         self._uploaded.add(state.relpath)
                     return
+        except Exception:  # not retried (a bug): it would hold its master and deletes forever
+            state.given_up = state.queued
+            self._notify_progress()
+            log.exception("S3 put of %s given up; writes that waited for it go on without it",
+                          state.relpath)  # fmt: skip
         finally:
             if not handed_on:
                 state.active = False
@@ -596,7 +619,7 @@ class S3Storage:
         self._progress = asyncio.Event()
 
     async def _wait_sent(self, after: dict[_Playlist, int]) -> None:
-        while not all(s.cancelled or s.sent >= version for s, version in after.items()):
+        while not all(s.settled(version) for s, version in after.items()):
             await self._progress.wait()
 
     async def _delete_keys(self, relpaths: list[str]) -> int:
@@ -673,24 +696,40 @@ class S3Storage:
         return len(set(remote) | set(local))
 
     async def published(self, prefix: str) -> set[str]:
-        """What the bucket holds under ``prefix`` (the listing waits out an outage)."""
+        """What the bucket holds under ``prefix`` (the listing waits out an outage; raises
+        :class:`ListingRefused` if S3 refuses it for good)."""
         self._require_started()
         safe_prefix(self.root, prefix)
         return set(await self._list("/".join(PurePosixPath(prefix).parts) + "/"))
 
     async def _list(self, relprefix: str) -> list[str]:
-        """Relpaths of every object under ``relprefix``, the listing retried until it works."""
+        """Relpaths of every object under ``relprefix``, the listing retried until it works;
+        :class:`ListingRefused` at once if S3 refuses it for good (no ``s3:ListBucket``)."""
         failures = 0
         while True:
             try:
                 keys = await self._run(self._list_keys, self.key(relprefix))
             except RETRYABLE as exc:
+                if isinstance(exc, ClientError) and _refused_for_good(exc):
+                    raise self._list_refused(relprefix, exc) from exc
                 failures += 1
                 self._failed("list", exc)
                 await asyncio.sleep(self._delay(failures))
                 continue
             self._succeeded()
             return [key.removeprefix(self.settings.prefix) for key in keys]
+
+    def _list_refused(self, relprefix: str, exc: ClientError) -> ListingRefused:
+        """The error for a listing S3 refuses for good; logged the first time only."""
+        error = ListingRefused(
+            f"S3 refused to list s3://{self.settings.bucket}/{self.key(relprefix)} ({exc}): "
+            "the credentials need the s3:ListBucket permission on the bucket to delete ended "
+            "streams and VODs and to recover recordings"
+        )
+        if not self._list_refusal_logged:
+            self._list_refusal_logged = True
+            log.error("%s", error)
+        return error
 
     def _list_keys(self, prefix: str) -> list[str]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -719,8 +758,10 @@ def _unlink_all(root: Path, relpaths: Iterable[str]) -> None:
 
 
 def _remove_tree(folder: Path, root: Path) -> list[str]:
-    """Remove ``folder``; the relpaths of the files it held."""
+    """Remove ``folder``; the relpaths of the files it held. OSError if it is still there."""
     files = [path.relative_to(root).as_posix() for path in folder.rglob("*") if path.is_file()]
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(folder)
+    if os.path.lexists(folder):
+        raise OSError(f"{folder} could not be removed completely")
     return files

@@ -58,9 +58,10 @@ class Storage(Protocol):
     async def close(self, grace: float = 0.0) -> None:
         """Wait up to ``grace`` seconds for queued remote writes, then stop."""
 
-    async def publish_segment(self, relpath: str) -> None:
+    async def publish_segment(self, relpath: str, *, droppable: bool = True) -> None:
         """Make a finished file under ``root`` (segment, init segment, thumbnail) available to
-        players; returns once it is (uploaded, for S3). Raises :class:`SegmentDropped`."""
+        players; returns once it is (uploaded, for S3). Raises :class:`SegmentDropped`, unless
+        ``droppable`` is False (crash recovery: a recorded file is never given up for room)."""
 
     async def publish_playlist(self, relpath: str, text: str) -> None:
         """Replace a playlist atomically (readers see the old or the new one, never half).
@@ -77,11 +78,13 @@ class Storage(Protocol):
         recording's segments that left the live window)."""
 
     async def delete_prefix(self, prefix: str) -> int:
-        """Delete everything under ``prefix`` (a VOD) locally and remotely; files removed."""
+        """Delete everything under ``prefix`` (a VOD) locally and remotely; files removed.
+        Raises (OSError, or the remote store's error) if anything may be left."""
 
     async def published(self, prefix: str) -> set[str]:
         """Relpaths under ``prefix`` that players can get already, from one listing (the
-        bucket's, for S3): what a recovery need not publish again."""
+        bucket's, for S3): what a recovery need not publish again. May raise (S3 refuses the
+        listing)."""
 
     def public_url(self, relpath: str) -> str | None:
         """The absolute URL players should use for ``relpath`` (the CDN in front of the
@@ -127,7 +130,7 @@ class LocalStorage:
     async def close(self, grace: float = 0.0) -> None:
         return None
 
-    async def publish_segment(self, relpath: str) -> None:
+    async def publish_segment(self, relpath: str, *, droppable: bool = True) -> None:
         if not (self.root / relpath).is_file():
             raise FileNotFoundError(f"segment {relpath} was announced but is not on disk")
 
@@ -149,7 +152,9 @@ class LocalStorage:
 
         def remove() -> int:
             count = sum(1 for path in folder.rglob("*") if path.is_file())
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)  # as much as it can, then check
+            if os.path.lexists(folder):
+                raise OSError(f"{folder} could not be removed completely")
             return count
 
         return await asyncio.to_thread(remove)

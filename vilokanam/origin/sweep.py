@@ -2,11 +2,16 @@
 
 A stream that is not recorded still leaves its last window (plus ``hls.delete_margin``) and its
 playlists when it ends: players finish it, and ``/live/{channel}/`` serves the ended playlist.
-``hls.keep_ended`` seconds later its folder goes, from S3 too, so storage (and a CDN's egress
-from it) does not grow with every stream. The local folder ``streams/{id}`` is the marker:
-``delete_prefix`` removes the remote objects before the local folder, so a pass cut short by a
-crash is finished by the next one. A folder holding a recording journal but no VOD row is left
-alone: a recording that crash recovery has not catalogued (yet).
+``hls.keep_ended`` seconds after the end (and after the last playlist write, which can come
+later: a reconnect window, uploads draining) its folder goes, from S3 too, so storage (and a
+CDN's egress from it) does not grow with every stream. The local folder ``streams/{id}`` is the
+marker: ``delete_prefix`` removes the remote objects before the local folder, so a pass cut
+short by a crash is finished by the next one.
+
+Only sessions the store knows were not recorded are swept (:class:`MediaState`): never a VOD, a
+session from before that was saved, or a folder without a session. A recorded session with no
+VOD is swept only when its journal holds nothing to make one of; otherwise the next start's
+recovery catalogues it.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from vilokanam.origin.storage import Storage
-from vilokanam.packager.live import JOURNAL
+from vilokanam.packager.live import JOURNAL, read_journal
 from vilokanam.store import Store
 from vilokanam.store.models import utcnow
+from vilokanam.store.store import MediaState
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +39,30 @@ def stream_folders(root: Path) -> list[int]:
     folder = root / "streams"
     if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(
+        int(p.name)
+        for p in folder.iterdir()
+        if p.name.isascii() and p.name.isdigit() and p.is_dir()
+    )
 
 
 def journaled_folders(root: Path) -> list[int]:
     """Session ids whose folder holds a recording journal (a VOD, or one to be made)."""
     return [i for i in stream_folders(root) if (root / f"streams/{i}" / JOURNAL).is_file()]
+
+
+def uncatalogued_recordings(store: Store, root: Path) -> list[int]:
+    """Ended recorded sessions with a journal and no VOD: ones a crash (in the stream, in a
+    recovery, or while saving the VOD) left unmade. For recovery at start-up."""
+    states = store.media_states(journaled_folders(root), utcnow())
+    return [i for i, state in states.items() if state is MediaState.UNCATALOGUED]
+
+
+def last_write(folder: Path) -> float:
+    """When the stream last wrote a playlist (its end: ENDLIST), as a timestamp; 0 if never."""
+    playlists = [folder / "master.m3u8", *folder.glob("*/index.m3u8")]
+    times = [path.stat().st_mtime for path in playlists if path.is_file()]
+    return max(times, default=0.0)
 
 
 class EndedStreamSweeper:
@@ -61,6 +85,10 @@ class EndedStreamSweeper:
         """Prefixes this server's streams are writing (never swept, whatever the store says)."""
         self.every = every
         self._clock = clock
+        self._kept: set[int] = set()
+        """Folders this process keeps for good (VODs, older sessions): not asked about again."""
+        self._failures: dict[int, str] = {}
+        """The last delete error per folder, logged once until it changes."""
         self._task: asyncio.Task[None] | None = None
 
     async def sweep(self) -> list[int]:
@@ -72,22 +100,36 @@ class EndedStreamSweeper:
         folders = [
             session_id
             for session_id in await asyncio.to_thread(stream_folders, root)
-            if f"streams/{session_id}" not in busy
+            if session_id not in self._kept and f"streams/{session_id}" not in busy
         ]
         if not folders:
             return []
         cutoff = self._clock() - timedelta(seconds=self.keep_ended)
-        doomed = await asyncio.to_thread(self.store.unrecorded_ended, folders, cutoff)
+        states = await asyncio.to_thread(self.store.media_states, folders, cutoff)
         swept = []
-        for session_id in doomed:
+        for session_id, state in states.items():
+            if state is MediaState.KEEP:
+                self._kept.add(session_id)
+                continue
+            if state is MediaState.WAIT:
+                continue
             prefix = f"streams/{session_id}"
-            if await asyncio.to_thread((root / prefix / JOURNAL).is_file):
-                continue  # a recording not catalogued: never lose it
+            folder = root / prefix
+            if await asyncio.to_thread(last_write, folder) >= cutoff.timestamp():
+                continue  # the end was written later than the session says (draining)
+            if state is MediaState.UNCATALOGUED and await asyncio.to_thread(
+                read_journal, folder / JOURNAL
+            ):
+                self._kept.add(session_id)  # a VOD to be: the next start's recovery makes it
+                continue
             try:
                 removed = await self.storage.delete_prefix(prefix)
-            except Exception:
-                log.exception("%s: could not delete the ended stream's media", prefix)
+            except Exception as exc:
+                if self._failures.get(session_id) != str(exc):  # once, not every pass
+                    log.error("%s: could not delete the ended stream's media: %s", prefix, exc)
+                self._failures[session_id] = str(exc)
                 continue
+            self._failures.pop(session_id, None)
             swept.append(session_id)
             log.info("%s: ended stream's media deleted (%d files)", prefix, removed)
         return swept
@@ -95,7 +137,8 @@ class EndedStreamSweeper:
     def start(self, after: Awaitable[object] | None = None) -> None:
         """Sweep now (once ``after`` is done) and then every ``every`` seconds."""
         if self._task is None and self.keep_ended > 0:
-            self._task = asyncio.create_task(self._run(after), name="ended-stream-sweep")
+            waited = None if after is None else asyncio.ensure_future(after)
+            self._task = asyncio.create_task(self._run(waited), name="ended-stream-sweep")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -103,9 +146,9 @@ class EndedStreamSweeper:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def _run(self, after: Awaitable[object] | None) -> None:
+    async def _run(self, after: asyncio.Future[object] | None) -> None:
         if after is not None:
-            await asyncio.gather(after, return_exceptions=True)
+            await asyncio.wait([after])  # stopping the sweep never cancels what it waits for
         while True:
             try:
                 await self.sweep()

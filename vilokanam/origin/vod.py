@@ -23,6 +23,7 @@ from datetime import datetime
 
 from vilokanam.config import Settings
 from vilokanam.origin.storage import Storage
+from vilokanam.packager.live import JOURNAL
 from vilokanam.packager.recovery import RecoveredRecording
 from vilokanam.store import Channel, Recording, RecordingNotFound, Store
 
@@ -70,10 +71,25 @@ async def delete_vod(store: Store, storage: Storage, session_id: int) -> Recordi
         raise ValueError(
             f"VOD {session_id}: refusing to delete unexpected prefix {recording.prefix!r}"
         )
+    journal = storage.root / recording.prefix / JOURNAL  # first: a VOD half deleted (files
+    await asyncio.to_thread(journal.unlink, missing_ok=True)  # left) is never recovered again
     removed = await storage.delete_prefix(recording.prefix)
     deleted = await asyncio.to_thread(store.delete_recording, session_id)
     log.info("VOD %d deleted (%s, %d files)", session_id, recording.prefix, removed)
     return deleted
+
+
+async def delete_stream_media(store: Store, storage: Storage, channel_id: int) -> int:
+    """Delete what the channel's other streams left (their last windows), before the channel
+    and its sessions go: nothing would name those folders afterwards. How many folders."""
+    sessions = await asyncio.to_thread(store.sessions, channel_id)
+    removed = 0
+    for session in sessions:
+        prefix = f"streams/{session.id}"
+        if await asyncio.to_thread((storage.root / prefix).is_dir):
+            await storage.delete_prefix(prefix)
+            removed += 1
+    return removed
 
 
 class VodCatalogue:
@@ -174,6 +190,7 @@ class VodCatalogue:
         for recording, _, _ in rows:
             with contextlib.suppress(RecordingNotFound):
                 await self.delete(recording.session_id)
+        await delete_stream_media(self.store, self.storage, channel_id)
         return len(rows)
 
     async def expire(self, now: datetime | None = None) -> list[Recording]:

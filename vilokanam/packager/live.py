@@ -19,7 +19,9 @@ listed in every rendition (one ``write``: a kill leaves at most a torn last line
   "duration": 2.0, "program_date_time": "2026-01-01T00:00:14+00:00", "init_uri":
   "s1-init-0.mp4", "discontinuity": false, "size": 81234}, ...}}``: the sequence's entry in each
   rendition's playlist (URIs relative to the rendition folder) and its file size;
-- ``{"type": "thumbnail"}``: a thumbnail was published (written once).
+- ``{"type": "thumbnail"}``: a thumbnail was published (written once, never before the first
+  sequence: a thumbnail published earlier is written with it, so every journal line describes a
+  VOD; journals from before this rule may have it first, and are read all the same).
 """
 
 from __future__ import annotations
@@ -149,6 +151,8 @@ class LivePackager:
         """What the journal's last header line says (None: no line written yet)."""
         self._journal_failed = False
         """An append failed (disk full): the journal is given up, logged once."""
+        self._thumbnail_unjournaled = False
+        """A thumbnail was published before any sequence was journaled: written with one."""
 
     def _path(self, relpath: str) -> str:
         return f"{self.prefix}/{relpath}"
@@ -228,7 +232,10 @@ class LivePackager:
                 return
             if task.exception() is None:
                 if self.recording and not self.thumbnail:
-                    self._journal([{"type": "thumbnail"}])
+                    if self._journal_header is None:  # no sequence journaled yet
+                        self._thumbnail_unjournaled = True
+                    else:
+                        self._journal([{"type": "thumbnail"}])
                 self.thumbnail = True
             else:
                 log.warning("%s: thumbnail not published: %s", self.prefix, task.exception())
@@ -302,8 +309,13 @@ class LivePackager:
             records.append({"type": "header", "version": JOURNAL_VERSION,
                             "target_duration": target_duration, "ladder": ladder})  # fmt: skip
         records.append({"type": "sequence", "sequence": item.number, "segments": segments})
+        thumbnail = self._thumbnail_unjournaled
+        if thumbnail:
+            records.append({"type": "thumbnail"})
         if self._journal(records):
             self._journal_header = header
+            if thumbnail:
+                self._thumbnail_unjournaled = False
 
     def _journal(self, records: list[dict[str, Any]]) -> bool:
         """Append ``records`` in one write; False (logged once) if the disk refused.

@@ -5,10 +5,13 @@ front of S3) would poll them forever. At start-up, for each such stream:
 
 - a recording (its folder has the packager's journal, ``recording.jsonl``): every segment and
   init segment the journal lists that is still only on local disk is published (for S3:
-  uploaded, so nothing spooled is lost), then each rendition's VOD playlist is rebuilt from the
-  journal exactly as :meth:`LivePackager.finish` makes it, then the master playlist left on
-  disk is published again, and ``on_recording`` gets the VOD's figures. The journal is only
-  read, so running this twice gives the same playlists and the same figures;
+  uploaded, never given up for spool room, so nothing spooled is lost; if S3 refuses to list
+  the bucket, every listed file on local disk is uploaded again), then each rendition's VOD
+  playlist is rebuilt from the journal exactly as :meth:`LivePackager.finish` makes it, then
+  the master playlist left on disk is published again, and ``on_recording`` gets the VOD's
+  figures. If a file could not be published, the recording is left for the next start instead
+  (no VOD with a hole). The journal is only read, so running this twice gives the same
+  playlists and the same figures; the work that grows with its length runs in a thread;
 - any other stream: each open playlist's segments still on local disk are published, then the
   playlist is republished with ENDLIST. A playlist that has ENDLIST is left alone.
 """
@@ -71,7 +74,8 @@ async def end_open_playlists(storage: Storage, prefix: str) -> int:
         for name in _named_files(text):
             relpath = f"{prefix}/{rendition}/{name}"
             if await asyncio.to_thread((storage.root / relpath).is_file):
-                await storage.publish_segment(relpath)  # S3: what the crash left unsent
+                # S3: what the crash left unsent; the playlist names it, so never given up
+                await storage.publish_segment(relpath, droppable=False)
         await storage.publish_playlist(
             f"{prefix}/{rendition}/index.m3u8", text.rstrip("\n") + f"\n{ENDLIST}\n"
         )
@@ -90,33 +94,56 @@ def _recorded_files(prefix: str, recording: JournaledRecording) -> list[str]:
     return list(files)
 
 
-async def _publish_files(storage: Storage, prefix: str, relpaths: list[str]) -> None:
-    """Publish what players cannot get yet, a few at a time; a file gone everywhere is logged."""
-    published = await storage.published(prefix)
-    waiting = [relpath for relpath in relpaths if relpath not in published]
-    local = await asyncio.to_thread(lambda: {r for r in waiting if (storage.root / r).is_file()})
-    if len(local) < len(waiting):
+async def _publish_files(storage: Storage, prefix: str, relpaths: list[str]) -> int:
+    """Publish what players cannot get yet, a few at a time and never given up for room; how
+    many files could not be published (logged). A file gone everywhere is logged only."""
+    published: set[str] | None
+    try:
+        published = await storage.published(prefix)
+    except Exception as exc:  # S3 refuses the listing: sending a file again is harmless
+        log.error("%s: could not list what is published (%s); publishing every recorded file "
+                  "still on local disk", prefix, exc)  # fmt: skip
+        published = None
+
+    def on_disk() -> tuple[list[str], int]:
+        waiting = [r for r in relpaths if published is None or r not in published]
+        local = [r for r in waiting if (storage.root / r).is_file()]
+        return local, len(waiting) - len(local)
+
+    local, missing = await asyncio.to_thread(on_disk)
+    if missing and published is not None:  # unlisted: those not here may be in the bucket
         log.error("%s: %d recorded file(s) are neither published nor on local disk",
-                  prefix, len(waiting) - len(local))  # fmt: skip
+                  prefix, missing)  # fmt: skip
     gate = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+    failed: list[str] = []
 
     async def publish(relpath: str) -> None:
         async with gate:
             try:
-                await storage.publish_segment(relpath)
+                await storage.publish_segment(relpath, droppable=False)
             except (OSError, SegmentDropped) as exc:
-                log.error("%s: could not publish %s: %s", prefix, relpath, exc)
+                if not failed:
+                    log.error("%s: could not publish %s: %s", prefix, relpath, exc)
+                failed.append(relpath)
 
-    await asyncio.gather(*(publish(relpath) for relpath in waiting if relpath in local))
+    await asyncio.gather(*(publish(relpath) for relpath in local))
+    return len(failed)
 
 
 async def rebuild_recording(
     storage: Storage, prefix: str, recording: JournaledRecording
 ) -> RecordingSummary | None:
     """Publish a journaled recording's files, its VOD playlists, then its master playlist;
-    the VOD's figures (None: no master playlist on disk, so no playable VOD)."""
-    await _publish_files(storage, prefix, _recorded_files(prefix, recording))
-    for name, text in recording.playlists().items():
+    the VOD's figures (None: a recorded file could not be published, or no master playlist on
+    disk, so no whole VOD)."""
+    files = await asyncio.to_thread(_recorded_files, prefix, recording)
+    failed = await _publish_files(storage, prefix, files)
+    if failed:
+        log.error("%s: %d recorded file(s) could not be published; the recording is not "
+                  "catalogued yet, the next start retries", prefix, failed)  # fmt: skip
+        return None
+    playlists = await asyncio.to_thread(recording.playlists)  # ~0.6 s a rendition for 24 h
+    for name, text in playlists.items():
         await storage.publish_playlist(f"{prefix}/{media_playlist_path(name)}", text)
     master = storage.root / prefix / MASTER
     try:
@@ -125,7 +152,7 @@ async def rebuild_recording(
         log.error("%s: the recording has no master playlist; not kept as a VOD", prefix)
         return None
     await storage.publish_playlist(f"{prefix}/{MASTER}", text)
-    return recording.summary()
+    return await asyncio.to_thread(recording.summary)
 
 
 async def recover_session(storage: Storage, session_id: int) -> RecoveredRecording | None:

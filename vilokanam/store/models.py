@@ -85,6 +85,9 @@ class StreamSession(SQLModel, table=True):
     """Why the stream ended: publisher left, kicked, transcoder failed, server shutdown…"""
     recording_location: str | None = None
     """Where the stream's recording is kept (set when recording is on), else None."""
+    recorded: bool | None = None
+    """Whether the session is kept as a VOD, decided at its start (None: from before that was
+    saved). Media of an ended session known not to be recorded is deleted after a while."""
     durations_ms: list[int] | None = Field(default=None, sa_column=Column(JSON))
     """EXTINF of each media sequence in ms (index = sequence, 0 = never listed); written with
     progress and at the end, so CDN logs read after the stream can still be billed."""

@@ -42,6 +42,7 @@ __all__ = [
     "ChannelExists",
     "ChannelNotFound",
     "InvalidField",
+    "MediaState",
     "RecordingNotFound",
     "SessionNotFound",
     "Store",
@@ -61,6 +62,33 @@ class _Unset(Enum):
 
 UNSET = _Unset.UNSET
 """Default of ``update_channel(ladder=...)``: leave the ladder as it is (None clears it)."""
+
+
+class MediaState(Enum):
+    """What may happen to a stream session's media folder (:meth:`Store.media_states`)."""
+
+    KEEP = "keep"
+    """A VOD, a session from before ``recorded`` was saved, or no session at all: kept."""
+    WAIT = "wait"
+    """Live, or ended after the cut-off: ask again later."""
+    UNRECORDED = "unrecorded"
+    """Ended before the cut-off and not recorded: its media can go."""
+    UNCATALOGUED = "uncatalogued"
+    """Ended before the cut-off, recorded, but no VOD: one to make, or nothing to make one of."""
+
+
+def _media_state(
+    state: SessionState,
+    ended_at: datetime | None,
+    recorded: bool | None,
+    vod: int | None,
+    ended_before: datetime,
+) -> MediaState:
+    if vod is not None or recorded is None:
+        return MediaState.KEEP
+    if state != SessionState.ENDED or ended_at is None or ended_at >= ended_before:
+        return MediaState.WAIT
+    return MediaState.UNCATALOGUED if recorded else MediaState.UNRECORDED
 
 
 def _not_found(slug: str) -> ChannelNotFound:
@@ -225,8 +253,10 @@ class Store:
         return channel
 
     # -- stream sessions ------------------------------------------------------
-    def start_session(self, channel_id: int, publisher: str = "") -> StreamSession:
-        stream = StreamSession(channel_id=channel_id, publisher=publisher)
+    def start_session(
+        self, channel_id: int, publisher: str = "", *, recorded: bool = False
+    ) -> StreamSession:
+        stream = StreamSession(channel_id=channel_id, publisher=publisher, recorded=recorded)
         with self.session() as db:
             db.add(stream)
             db.commit()
@@ -450,42 +480,24 @@ class Store:
             )
             return list(db.exec(query))
 
-    def unrecorded_ended(
-        self, session_ids: Iterable[int], ended_before: datetime, *, orphans: bool = True
-    ) -> list[int]:
-        """Of ``session_ids``, those ended before ``ended_before`` and not kept as a VOD, and
-        (``orphans``) those with no session at all (deleted with their channel)."""
+    def media_states(
+        self, session_ids: Iterable[int], ended_before: datetime
+    ) -> dict[int, MediaState]:
+        """What may happen to the media folders of ``session_ids`` (see :class:`MediaState`)."""
         wanted = sorted(set(session_ids))
-        known: dict[int, tuple[SessionState, datetime | None]] = {}
-        recorded: set[int] = set()
+        states = dict.fromkeys(wanted, MediaState.KEEP)  # no session: not ours to judge
         with self.session() as db:
             for start in range(0, len(wanted), 500):  # bounded IN lists
                 chunk = wanted[start : start + 500]
-                query = select(StreamSession.id, StreamSession.state, StreamSession.ended_at)
-                for session_id, state, ended_at in db.exec(
-                    query.where(StreamSession.id.in_(chunk))  # type: ignore[union-attr]
-                ):
-                    known[session_id] = (state, ended_at)
-                recorded.update(
-                    db.exec(
-                        select(Recording.session_id).where(
-                            Recording.session_id.in_(chunk)  # type: ignore[attr-defined]
-                        )
-                    )
+                columns = (StreamSession.state, StreamSession.ended_at, StreamSession.recorded)
+                query = (
+                    select(StreamSession.id, *columns, Recording.session_id)
+                    .outerjoin(Recording, Recording.session_id == StreamSession.id)  # type: ignore[arg-type]
+                    .where(StreamSession.id.in_(chunk))  # type: ignore[union-attr]
                 )
-
-        def removable(session_id: int) -> bool:
-            if session_id not in known:
-                return orphans
-            state, ended_at = known[session_id]
-            return (
-                state == SessionState.ENDED
-                and session_id not in recorded
-                and ended_at is not None
-                and ended_at < ended_before
-            )
-
-        return [session_id for session_id in wanted if removable(session_id)]
+                for session_id, state, ended_at, recorded, vod in db.exec(query):
+                    states[session_id] = _media_state(state, ended_at, recorded, vod, ended_before)
+        return states
 
     # -- viewers ----------------------------------------------------------------
     def create_viewer(self, name: str, address: str | None = None) -> tuple[Viewer, str]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -123,9 +125,9 @@ async def delete_channel(ctx: ApiContext, call: Call) -> BaseModel:
     service = ctx.service()
     channel = await ctx.blocking(service.revoke_key, call.slug)
     await ctx.manager.end_channel(channel.id, DELETED)
-    if ctx.vods is not None:  # the rows would go with the channel: the media first
-        await ctx.vods.delete_channel(channel.id)
-    # Players still watching get the ENDLIST playlists until the server restarts.
+    if ctx.vods is not None:  # the rows would go with the channel: the media first (VODs
+        with _media_errors("the channel"):  # and what its other streams left)
+            await ctx.vods.delete_channel(channel.id)
     return await ctx.blocking(service.delete, call.slug)
 
 
@@ -275,8 +277,20 @@ async def get_vod(ctx: ApiContext, call: Call) -> BaseModel:
 async def delete_vod(ctx: ApiContext, call: Call) -> web.Response:
     """Delete the VOD's media, then its entry; its URLs answer 404 from now on."""
     vod_id = _path_id(call)
-    await ctx.require_vods().delete(vod_id)
+    with _media_errors("the VOD"):
+        await ctx.require_vods().delete(vod_id)
     return web.Response(status=204)
+
+
+@contextlib.contextmanager
+def _media_errors(what: str) -> Iterator[None]:
+    """Storage refusing a delete (a permission, S3 listing refused): 503, and nothing of
+    ``what`` is forgotten, so the same request can be sent again once it is fixed."""
+    try:
+        yield
+    except OSError as exc:
+        detail = f"could not delete the media of {what} ({exc}); it is kept, try again"
+        raise ApiError(503, "storage_error", detail) from None
 
 
 # -- billing: viewers (operator) -------------------------------------------------------------

@@ -20,7 +20,8 @@ _ERROR_TEXT = {
     409: "A channel or viewer with this name exists",
     422: "Invalid field; detail lists {field, message}",
     500: "Unexpected error",
-    503: "Not available on this server (billing, settlement or VOD storage off)",
+    503: "Not available on this server (billing, settlement or VOD storage off), or the media "
+    "storage refused a delete (nothing was deleted from the catalogue: try again)",
 }
 
 

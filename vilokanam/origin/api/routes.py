@@ -142,7 +142,7 @@ ROUTES: tuple[Route, ...] = (
         "Delete a channel, ending its live stream first",
         "channels",
         ChannelOut,
-        errors=SLUG_ERRORS,
+        errors=(*SLUG_ERRORS, 503),
     ),
     Route(
         "POST",

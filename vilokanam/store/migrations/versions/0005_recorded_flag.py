@@ -1,0 +1,27 @@
+"""Whether a stream session is recorded, decided when it starts: media of sessions known not to
+be recorded is deleted ``hls.keep_ended`` seconds after they end (NULL: from before this
+revision, never deleted automatically).
+
+Revision ID: 0005
+Revises: 0004
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision: str | None = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("streamsession") as batch:
+        batch.add_column(sa.Column("recorded", sa.Boolean(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("streamsession") as batch:
+        batch.drop_column("recorded")
