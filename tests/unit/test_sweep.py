@@ -17,7 +17,13 @@ from tests.s3 import Bucket
 from vilokanam.config.settings import S3Settings
 from vilokanam.origin.s3 import S3Storage
 from vilokanam.origin.storage import LocalStorage, Storage
-from vilokanam.origin.sweep import EndedStreamSweeper, journaled_folders, stream_folders
+from vilokanam.origin.sweep import (
+    CHANNEL_DELETED,
+    EndedStreamSweeper,
+    journaled_folders,
+    mark_channel_deleted,
+    stream_folders,
+)
 from vilokanam.packager.live import JOURNAL
 from vilokanam.store import SessionState, Store, StreamSession
 from vilokanam.store.models import utcnow
@@ -115,7 +121,7 @@ def test_media_states_judge_by_end_recording_and_vod(streams: Streams) -> None:
     assert states == {
         old: MediaState.UNRECORDED, recent: MediaState.WAIT, live: MediaState.WAIT,
         vod: MediaState.KEEP, unmade: MediaState.UNCATALOGUED, legacy: MediaState.KEEP,
-        orphan: MediaState.KEEP,
+        orphan: MediaState.UNKNOWN,
     }  # fmt: skip
     assert streams.store.media_states([], cutoff) == {}
 
@@ -150,13 +156,20 @@ async def test_a_pass_deletes_only_what_is_known_unrecorded_and_done(streams: St
     draining = streams.session(ended_ago=LONG_AGO)
     streams.write(draining, written_ago=10)  # its ENDLIST was written long after the end
     busy = streams.session(ended_ago=LONG_AGO)  # the store says ended; this server writes it
-    orphan = 10_000
+    orphan = 10_000  # no session: another database's, or a database restored from a backup
     streams.write(orphan)
+    deleted_channel, just_deleted = 10_001, 10_002  # sessions that went with their channel
+    for session_id, ago in ((deleted_channel, KEEP + 5), (just_deleted, 10)):
+        streams.write(session_id)
+        assert mark_channel_deleted(streams.root, [session_id, 99_999]) == 1
+        then = time.time() - ago
+        os.utime(streams.root / f"streams/{session_id}" / CHANNEL_DELETED, (then, then))
     sweep = sweeper(streams, storage, in_use=lambda: [f"streams/{busy}"])
 
-    assert await sweep.sweep() == [old, too_short]
+    assert await sweep.sweep() == [old, too_short, deleted_channel]
     assert not streams.exists(old) and not streams.exists(too_short)
-    for kept in (recent, live, vod, legacy, to_recover, draining, busy, orphan):
+    assert not streams.exists(deleted_channel)
+    for kept in (recent, live, vod, legacy, to_recover, draining, busy, orphan, just_deleted):
         assert streams.exists(kept), kept
     assert await sweep.sweep() == []  # nothing left to do
 

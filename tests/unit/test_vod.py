@@ -26,6 +26,7 @@ from vilokanam.origin.api import setup_api
 from vilokanam.origin.gate import BillingGate, ChannelCache, SegmentDurations, channel_lookup
 from vilokanam.origin.http import create_app
 from vilokanam.origin.storage import LocalStorage
+from vilokanam.origin.sweep import CHANNEL_DELETED
 from vilokanam.origin.vod import (
     RetentionTask,
     VodCatalogue,
@@ -557,8 +558,8 @@ async def test_api_deleting_a_channel_deletes_its_vods_media(api: TestClient, wo
     response = await api.delete("/api/v1/channels/free", headers=AUTH)
     assert response.status == 200
     assert not world.folder(sid).exists() and world.store.recordings() == []
-    assert not world.folder(unrecorded).exists(), "nothing would name it afterwards"
-    assert world.folder(other).exists()
+    assert (world.folder(unrecorded) / CHANNEL_DELETED).is_file(), "swept later: ENDLIST now"
+    assert not (world.folder(other) / CHANNEL_DELETED).exists()
 
 
 def test_cli_deleting_a_channel_offline_deletes_its_media(
@@ -571,8 +572,9 @@ def test_cli_deleting_a_channel_offline_deletes_its_media(
     other = unrecorded_stream(world, "paid")
     deleted = CliRunner().invoke(cli_app, ["channel", "delete", "free", "--yes"])
     assert deleted.exit_code == 0, deleted.output
-    assert not world.folder(sid).exists() and not world.folder(unrecorded).exists()
-    assert world.folder(other).exists() and world.store.recordings() == []
+    assert not world.folder(sid).exists() and world.store.recordings() == []
+    assert (world.folder(unrecorded) / CHANNEL_DELETED).is_file()
+    assert not (world.folder(other) / CHANNEL_DELETED).exists()
 
 
 # -- the CLI (local database, no server running) ---------------------------------------------------

@@ -332,7 +332,7 @@ class LocalBackend:
         server = self._server_if_running()
         if server is not None:
             return server.delete_channel(slug)
-        from vilokanam.origin.vod import delete_stream_media, delete_vod
+        from vilokanam.origin.vod import delete_vod, mark_stream_media
 
         channel = self.store.get_channel(slug)  # its media first: rows go with it
         vods = [vod.id for vod in self.vods.list(channel.slug)]
@@ -340,7 +340,7 @@ class LocalBackend:
         async def delete_media(storage: Storage) -> None:
             for vod_id in vods:
                 await delete_vod(self.store, storage, vod_id)
-            await delete_stream_media(self.store, storage, channel.id)
+            await mark_stream_media(self.store, storage, channel.id)
 
         self._with_storage(delete_media)
         return self._dump(self.service.delete(slug))

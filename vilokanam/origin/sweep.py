@@ -8,10 +8,12 @@ CDN's egress from it) does not grow with every stream. The local folder ``stream
 marker: ``delete_prefix`` removes the remote objects before the local folder, so a pass cut
 short by a crash is finished by the next one.
 
-Only sessions the store knows were not recorded are swept (:class:`MediaState`): never a VOD, a
-session from before that was saved, or a folder without a session. A recorded session with no
-VOD is swept only when its journal holds nothing to make one of; otherwise the next start's
-recovery catalogues it.
+Only sessions the store knows were not recorded are swept (:class:`MediaState`): never a VOD or
+a session from before that was saved. A folder whose session is gone is swept only when it was
+marked (:data:`CHANNEL_DELETED`) as its channel was deleted, ``keep_ended`` after the mark: a
+database restored from an old backup, or the wrong one, never gets media deleted. A recorded
+session with no VOD is swept only when its journal holds nothing to make one of; otherwise the
+next start's recovery catalogues it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ log = logging.getLogger(__name__)
 
 SWEEP_EVERY = 60.0
 """Seconds between passes (the first runs once start-up recovery is done)."""
+CHANNEL_DELETED = ".channel-deleted"
+"""Marks a stream folder whose channel (and session) was deleted: swept after ``keep_ended``."""
+
+
+def mark_channel_deleted(root: Path, session_ids: Iterable[int]) -> int:
+    """Mark the folders of a channel's sessions before the channel goes (viewers still get the
+    ended playlists until the sweep); how many folders were marked."""
+    marked = 0
+    for session_id in session_ids:
+        folder = root / f"streams/{session_id}"
+        if folder.is_dir():
+            (folder / CHANNEL_DELETED).touch()
+            marked += 1
+    return marked
 
 
 def stream_folders(root: Path) -> list[int]:
@@ -56,6 +72,14 @@ def uncatalogued_recordings(store: Store, root: Path) -> list[int]:
     recovery, or while saving the VOD) left unmade. For recovery at start-up."""
     states = store.media_states(journaled_folders(root), utcnow())
     return [i for i, state in states.items() if state is MediaState.UNCATALOGUED]
+
+
+def _marked_at(folder: Path) -> float | None:
+    """When the folder's channel was deleted (:data:`CHANNEL_DELETED`), or None."""
+    try:
+        return (folder / CHANNEL_DELETED).stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def last_write(folder: Path) -> float:
@@ -115,7 +139,14 @@ class EndedStreamSweeper:
                 continue
             prefix = f"streams/{session_id}"
             folder = root / prefix
-            if await asyncio.to_thread(last_write, folder) >= cutoff.timestamp():
+            if state is MediaState.UNKNOWN:
+                marked = await asyncio.to_thread(_marked_at, folder)
+                if marked is None:
+                    self._kept.add(session_id)  # not ours to judge
+                    continue
+                if marked >= cutoff.timestamp():
+                    continue
+            elif await asyncio.to_thread(last_write, folder) >= cutoff.timestamp():
                 continue  # the end was written later than the session says (draining)
             if state is MediaState.UNCATALOGUED and await asyncio.to_thread(
                 read_journal, folder / JOURNAL

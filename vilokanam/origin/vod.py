@@ -23,6 +23,7 @@ from datetime import datetime
 
 from vilokanam.config import Settings
 from vilokanam.origin.storage import Storage
+from vilokanam.origin.sweep import mark_channel_deleted
 from vilokanam.packager.live import JOURNAL
 from vilokanam.packager.recovery import RecoveredRecording
 from vilokanam.store import Channel, Recording, RecordingNotFound, Store
@@ -79,17 +80,13 @@ async def delete_vod(store: Store, storage: Storage, session_id: int) -> Recordi
     return deleted
 
 
-async def delete_stream_media(store: Store, storage: Storage, channel_id: int) -> int:
-    """Delete what the channel's other streams left (their last windows), before the channel
-    and its sessions go: nothing would name those folders afterwards. How many folders."""
+async def mark_stream_media(store: Store, storage: Storage, channel_id: int) -> int:
+    """Before a channel and its sessions go: mark what its streams left (their last windows) so
+    the sweep deletes it ``hls.keep_ended`` later; viewers still get the ended playlists until
+    then. How many folders."""
     sessions = await asyncio.to_thread(store.sessions, channel_id)
-    removed = 0
-    for session in sessions:
-        prefix = f"streams/{session.id}"
-        if await asyncio.to_thread((storage.root / prefix).is_dir):
-            await storage.delete_prefix(prefix)
-            removed += 1
-    return removed
+    ids = [session.id for session in sessions if session.id is not None]
+    return await asyncio.to_thread(mark_channel_deleted, storage.root, ids)
 
 
 class VodCatalogue:
@@ -185,12 +182,13 @@ class VodCatalogue:
             self.forget(session_id)
 
     async def delete_channel(self, channel_id: int) -> int:
-        """Delete every VOD of a channel (before the channel itself goes): how many."""
+        """Delete every VOD of a channel (before the channel itself goes) and mark the rest of
+        its media for the sweep: how many VODs."""
         rows = await asyncio.to_thread(self.store.recordings, channel_id)
         for recording, _, _ in rows:
             with contextlib.suppress(RecordingNotFound):
                 await self.delete(recording.session_id)
-        await delete_stream_media(self.store, self.storage, channel_id)
+        await mark_stream_media(self.store, self.storage, channel_id)
         return len(rows)
 
     async def expire(self, now: datetime | None = None) -> list[Recording]:

@@ -68,7 +68,9 @@ class MediaState(Enum):
     """What may happen to a stream session's media folder (:meth:`Store.media_states`)."""
 
     KEEP = "keep"
-    """A VOD, a session from before ``recorded`` was saved, or no session at all: kept."""
+    """A VOD, or a session from before ``recorded`` was saved: kept."""
+    UNKNOWN = "unknown"
+    """No such session (deleted with its channel, or another database's): not ours to judge."""
     WAIT = "wait"
     """Live, or ended after the cut-off: ask again later."""
     UNRECORDED = "unrecorded"
@@ -485,7 +487,7 @@ class Store:
     ) -> dict[int, MediaState]:
         """What may happen to the media folders of ``session_ids`` (see :class:`MediaState`)."""
         wanted = sorted(set(session_ids))
-        states = dict.fromkeys(wanted, MediaState.KEEP)  # no session: not ours to judge
+        states = dict.fromkeys(wanted, MediaState.UNKNOWN)
         with self.session() as db:
             for start in range(0, len(wanted), 500):  # bounded IN lists
                 chunk = wanted[start : start + 500]

@@ -125,9 +125,9 @@ async def delete_channel(ctx: ApiContext, call: Call) -> BaseModel:
     service = ctx.service()
     channel = await ctx.blocking(service.revoke_key, call.slug)
     await ctx.manager.end_channel(channel.id, DELETED)
-    if ctx.vods is not None:  # the rows would go with the channel: the media first (VODs
-        with _media_errors("the channel"):  # and what its other streams left)
-            await ctx.vods.delete_channel(channel.id)
+    if ctx.vods is not None:  # the rows would go with the channel: VODs' media first; what
+        with _media_errors("the channel"):  # its other streams left is swept later (viewers
+            await ctx.vods.delete_channel(channel.id)  # still get ENDLIST meanwhile)
     return await ctx.blocking(service.delete, call.slug)
 
 
