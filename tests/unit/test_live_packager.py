@@ -10,7 +10,8 @@ from pathlib import Path
 import m3u8
 
 from vilokanam.origin.storage import LocalStorage, SegmentDropped
-from vilokanam.packager.live import JOURNAL, LivePackager, read_journal
+from vilokanam.packager.live import LivePackager
+from vilokanam.packager.recording import JOURNAL, read_journal
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -25,10 +25,10 @@ from tests.s3 import Bucket
 from vilokanam.config.settings import S3Settings
 from vilokanam.origin.s3 import S3Storage
 from vilokanam.origin.storage import LocalStorage, SegmentDropped, Storage
-from vilokanam.packager.live import (
+from vilokanam.packager.live import LivePackager
+from vilokanam.packager.recording import (
     JOURNAL,
     JournaledRecording,
-    LivePackager,
     read_journal,
     vod_playlist,
 )

@@ -24,7 +24,7 @@ from vilokanam.origin.sweep import (
     mark_channel_deleted,
     stream_folders,
 )
-from vilokanam.packager.live import JOURNAL
+from vilokanam.packager.recording import JOURNAL
 from vilokanam.store import SessionState, Store, StreamSession
 from vilokanam.store.models import utcnow
 from vilokanam.store.store import MediaState

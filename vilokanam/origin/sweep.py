@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from vilokanam.origin.storage import Storage
-from vilokanam.packager.live import JOURNAL, read_journal
+from vilokanam.packager.recording import JOURNAL, read_journal
 from vilokanam.store import Store
 from vilokanam.store.models import utcnow
 from vilokanam.store.store import MediaState

@@ -24,7 +24,7 @@ from datetime import datetime
 from vilokanam.config import Settings
 from vilokanam.origin.storage import Storage
 from vilokanam.origin.sweep import mark_channel_deleted
-from vilokanam.packager.live import JOURNAL
+from vilokanam.packager.recording import JOURNAL
 from vilokanam.packager.recovery import RecoveredRecording
 from vilokanam.store import Channel, Recording, RecordingNotFound, Store
 

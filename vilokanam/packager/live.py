@@ -6,47 +6,34 @@ keep flowing; a lister task then adds sequences to the media playlists strictly 
 only after all of its files are published, then writes the master playlist (once every
 rendition has a segment). Segments that leave the window are deleted ``delete_margin`` segments
 later, so a player holding a slightly old playlist still finds them. With ``recording`` on,
-nothing is deleted: at the end each media playlist becomes the whole stream as a VOD.
-
-A recording also keeps a journal, ``{prefix}/recording.jsonl`` under ``storage.root`` (local
-only, never published), so that a server killed mid-stream can still make the VOD on its next
-start (:mod:`vilokanam.packager.recovery`). One JSON object per line, appended once a sequence is
-listed in every rendition (one ``write``: a kill leaves at most a torn last line, ignored):
-
-- ``{"type": "header", "version": 1, "target_duration": 2.0, "ladder": ["source", "240p"]}``:
-  before the first sequence, and again whenever either value changes (the last one counts);
-- ``{"type": "sequence", "sequence": 7, "segments": {"source": {"uri": "s1-seg-7.m4s",
-  "duration": 2.0, "program_date_time": "2026-01-01T00:00:14+00:00", "init_uri":
-  "s1-init-0.mp4", "discontinuity": false, "size": 81234}, ...}}``: the sequence's entry in each
-  rendition's playlist (URIs relative to the rendition folder) and its file size;
-- ``{"type": "thumbnail"}``: a thumbnail was published (written once, never before the first
-  sequence: a thumbnail published earlier is written with it, so every journal line describes a
-  VOD; journals from before this rule may have it first, and are read all the same).
+nothing is deleted: at the end each media playlist becomes the whole stream as a VOD, and a
+journal (:mod:`vilokanam.packager.recording`) lets a crash still end in that VOD.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from vilokanam.origin.storage import SegmentDropped, Storage
 from vilokanam.packager.playlist import MediaPlaylist, SegmentEntry, Variant, render_master
+from vilokanam.packager.recording import (
+    JOURNAL,
+    JournalWriter,
+    RecordingSummary,
+    summarize,
+    vod_playlist,
+)
 
 log = logging.getLogger(__name__)
 
 MASTER = "master.m3u8"
 THUMBNAIL = "thumbnail.jpg"
-JOURNAL = "recording.jsonl"
-JOURNAL_VERSION = 1
-VOD_WINDOW = 10**9
-"""A window no recording reaches: the VOD playlist keeps every segment."""
 
 
 def media_playlist_path(rendition: str) -> str:
@@ -89,17 +76,6 @@ class _Sequence:
     init_uris: dict[str, str | None]
     """Each rendition's init segment when the sequence was written (a later worker's init
     segment may have arrived by the time it is listed)."""
-
-
-@dataclass(frozen=True)
-class RecordingSummary:
-    """What a recorded stream left: for the VOD catalogue."""
-
-    renditions: list[str]
-    duration_ms: int
-    segments: int
-    size_bytes: int
-    thumbnail: bool
 
 
 class LivePackager:
@@ -147,12 +123,9 @@ class LivePackager:
         self._epoch: _Epoch | None = None
         self._master_text = ""
         self._side_uploads: set[asyncio.Future[None]] = set()
-        self._journal_header: tuple[float, list[str]] | None = None
-        """What the journal's last header line says (None: no line written yet)."""
-        self._journal_failed = False
-        """An append failed (disk full): the journal is given up, logged once."""
-        self._thumbnail_unjournaled = False
-        """A thumbnail was published before any sequence was journaled: written with one."""
+        self._journal = (
+            JournalWriter(storage.root / self.prefix / JOURNAL, self.prefix) if recording else None
+        )
 
     def _path(self, relpath: str) -> str:
         return f"{self.prefix}/{relpath}"
@@ -231,11 +204,8 @@ class LivePackager:
             if task.cancelled():
                 return
             if task.exception() is None:
-                if self.recording and not self.thumbnail:
-                    if self._journal_header is None:  # no sequence journaled yet
-                        self._thumbnail_unjournaled = True
-                    else:
-                        self._journal([{"type": "thumbnail"}])
+                if self._journal is not None and not self.thumbnail:
+                    self._journal.thumbnail()
                 self.thumbnail = True
             else:
                 log.warning("%s: thumbnail not published: %s", self.prefix, task.exception())
@@ -286,59 +256,23 @@ class LivePackager:
                         await self._add_segment(event, item.epoch, init_uri, after_gap=gap)
                     await self._maybe_write_master()
                 finally:  # what the archive holds now is what the VOD will hold
-                    if self.recording:
-                        self._journal_sequence(item)
+                    self._journal_sequence(item)
                 if self.on_segment is not None:
                     await self.on_segment(item.number)
             except Exception:
                 log.exception("%s: listing sequence %d failed", self.prefix, item.number)
 
     def _journal_sequence(self, item: _Sequence) -> None:
-        """Append the sequence's archived entries (and a header first, if it changed)."""
+        """Journal the sequence's archived entries (what the VOD holds now)."""
+        if self._journal is None:
+            return
         segments = {}
         for name, event in item.events.items():
             archive = self.renditions[name].archive
             if archive and archive[-1].sequence == item.number:
-                segments[name] = _entry_record(archive[-1], int(event.get("size", 0)))
-        if not segments:
-            return
-        records: list[dict[str, Any]] = []
-        header = (self.segment_duration, list(self.ladder or self.renditions))
-        if header != self._journal_header:
-            target_duration, ladder = header
-            records.append({"type": "header", "version": JOURNAL_VERSION,
-                            "target_duration": target_duration, "ladder": ladder})  # fmt: skip
-        records.append({"type": "sequence", "sequence": item.number, "segments": segments})
-        thumbnail = self._thumbnail_unjournaled
-        if thumbnail:
-            records.append({"type": "thumbnail"})
-        if self._journal(records):
-            self._journal_header = header
-            if thumbnail:
-                self._thumbnail_unjournaled = False
-
-    def _journal(self, records: list[dict[str, Any]]) -> bool:
-        """Append ``records`` in one write; False (logged once) if the disk refused.
-
-        Synchronous on purpose: one small append per sequence takes ~10 µs (open, write,
-        close); a thread hop costs more. The page cache keeps it across a kill -9.
-        """
-        if self._journal_failed:
-            return False
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
-        path = self.storage.root / self.prefix / JOURNAL
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("ab", buffering=0) as handle:
-                written = handle.write(data)
-            if written != len(data):
-                raise OSError(f"short write ({written} of {len(data)} bytes)")
-        except OSError as exc:
-            self._journal_failed = True  # a torn line may end it: nothing after it
-            log.error("%s: recording journal given up (%s): a crash would cut the VOD here",
-                      self.prefix, exc)  # fmt: skip
-            return False
-        return True
+                segments[name] = (archive[-1], int(event.get("size", 0)))
+        ladder = list(self.ladder or self.renditions)
+        self._journal.sequence(item.number, segments, self.segment_duration, ladder)
 
     async def _drop(self, item: _Sequence, reason: BaseException) -> None:
         """Files of a sequence could not be published: leave it out of every playlist."""
@@ -505,122 +439,6 @@ class LivePackager:
             {name: rendition.size_bytes for name, rendition in self.renditions.items()},
             self.thumbnail,
         )
-
-
-def summarize(
-    names: list[str],
-    archives: Mapping[str, Sequence[SegmentEntry]],
-    sizes: Mapping[str, int],
-    thumbnail: bool,
-) -> RecordingSummary | None:
-    """The VOD of a recording whose ladder is ``names`` (None: nothing listed)."""
-    first = archives.get(names[0]) if names else None
-    if not first:
-        return None
-    return RecordingSummary(
-        renditions=names,
-        duration_ms=round(sum(entry.duration for entry in first) * 1000),
-        segments=len(first),
-        size_bytes=sum(sizes.get(name, 0) for name in names),
-        thumbnail=thumbnail,
-    )
-
-
-def vod_playlist(target_duration: float, entries: Iterable[SegmentEntry]) -> MediaPlaylist:
-    """Every segment a rendition listed, as a VOD playlist (PLAYLIST-TYPE:VOD, ENDLIST)."""
-    playlist = MediaPlaylist(target_duration=target_duration, window=VOD_WINDOW, vod=True)
-    for entry in entries:
-        playlist.add(entry)
-    playlist.ended = True
-    return playlist
-
-
-@dataclass
-class JournaledRecording:
-    """A recording as its journal tells it: what :meth:`LivePackager.finish` makes a VOD of."""
-
-    target_duration: float = 0.0
-    ladder: list[str] = field(default_factory=list)
-    archives: dict[str, list[SegmentEntry]] = field(default_factory=dict)
-    """Each rendition's listed entries, in order."""
-    sizes: dict[str, int] = field(default_factory=dict)
-    thumbnail: bool = False
-
-    def summary(self) -> RecordingSummary | None:
-        return summarize(self.ladder, self.archives, self.sizes, self.thumbnail)
-
-    def playlists(self) -> dict[str, str]:
-        """Each rendition's VOD playlist text, by rendition."""
-        return {
-            name: vod_playlist(self.target_duration, entries).render()
-            for name, entries in self.archives.items()
-        }
-
-
-def read_journal(path: Path) -> JournaledRecording | None:
-    """The recording a journal describes, up to its first torn or invalid line (None: no
-    sequence in it, or no journal)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    recording = JournaledRecording()
-    for line in data.split(b"\n")[:-1]:  # after the last newline: empty, or a torn line
-        try:
-            _apply(recording, json.loads(line))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            break
-    return recording if recording.archives else None
-
-
-def _apply(recording: JournaledRecording, record: dict[str, Any]) -> None:
-    """One journal line; raises on anything :meth:`LivePackager._journal` never writes."""
-    kind = record["type"]
-    if kind == "header":
-        if record["version"] != JOURNAL_VERSION:
-            raise ValueError(f"journal version {record['version']}")
-        recording.target_duration = float(record["target_duration"])
-        recording.ladder = [str(name) for name in record["ladder"]]
-    elif kind == "sequence":
-        if not recording.ladder:
-            raise ValueError("a sequence before the header")
-        sequence = int(record["sequence"])
-        entries = {name: _entry(sequence, fields) for name, fields in record["segments"].items()}
-        for name in entries:
-            archive = recording.archives.get(name)
-            if archive and archive[-1].sequence >= sequence:
-                raise ValueError(f"sequence {sequence} is not after {archive[-1].sequence}")
-        for name, (entry, size) in entries.items():
-            recording.archives.setdefault(name, []).append(entry)
-            recording.sizes[name] = recording.sizes.get(name, 0) + size
-    elif kind == "thumbnail":
-        recording.thumbnail = True
-    else:
-        raise ValueError(f"unknown journal line {kind!r}")
-
-
-def _entry_record(entry: SegmentEntry, size: int) -> dict[str, Any]:
-    return {
-        "uri": entry.uri,
-        "duration": entry.duration,
-        "program_date_time": entry.program_date_time.isoformat(),
-        "init_uri": entry.init_uri,
-        "discontinuity": entry.discontinuity,
-        "size": size,
-    }
-
-
-def _entry(sequence: int, fields: dict[str, Any]) -> tuple[SegmentEntry, int]:
-    init_uri = fields["init_uri"]
-    entry = SegmentEntry(
-        sequence=sequence,
-        uri=str(fields["uri"]),
-        duration=float(fields["duration"]),
-        program_date_time=datetime.fromisoformat(fields["program_date_time"]),
-        init_uri=None if init_uri is None else str(init_uri),
-        discontinuity=bool(fields["discontinuity"]),
-    )
-    return entry, int(fields["size"])
 
 
 def _relative_to_rendition(path: str | None, rendition: str) -> str | None:

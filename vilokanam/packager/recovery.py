@@ -26,12 +26,11 @@ from pathlib import Path
 
 from vilokanam.origin.gate import map_uris
 from vilokanam.origin.storage import SegmentDropped, Storage
-from vilokanam.packager.live import (
+from vilokanam.packager.live import MASTER, media_playlist_path
+from vilokanam.packager.recording import (
     JOURNAL,
-    MASTER,
     JournaledRecording,
     RecordingSummary,
-    media_playlist_path,
     read_journal,
 )
 
