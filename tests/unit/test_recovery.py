@@ -389,7 +389,8 @@ async def test_with_s3_a_recovered_recording_uploads_only_what_the_bucket_lacks(
 @pytest.mark.e2e
 def test_a_server_catalogues_a_journaled_recording_an_earlier_run_did_not(tmp_path: Path) -> None:
     """An ended session with a journal and no VOD (its save failed, or a crash cut recovery
-    short): the next start makes the VOD; a session with its VOD saved is left alone."""
+    short): the next start makes the VOD (a saved VOD is not looked at again: see
+    test_sweep's media states)."""
     settings = make_settings(tmp_path / "data")
     store = Store(settings.database_url)
     channel, _ = store.create_channel("news", "News")
