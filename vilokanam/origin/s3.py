@@ -12,6 +12,10 @@ and playlist of its stream queued before it is in S3 (or given up), so it never 
 media playlist; deletes wait for the playlist puts queued before them, so S3 never lists a
 segment that is gone. A listing S3 refuses for good (no ``s3:ListBucket``) raises
 :class:`ListingRefused` instead of waiting.
+
+This module is the order of writes (the spool, the upload queue, the delete lane); talking to S3
+(calls, retries, failure log, figures) is :mod:`vilokanam.origin.s3client`'s job, and keeping
+track of playlist versions and what waits for them :mod:`vilokanam.origin.s3playlists`'.
 """
 
 from __future__ import annotations
@@ -20,57 +24,25 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from vilokanam.config.settings import S3Settings
-from vilokanam.origin.storage import (
-    SegmentDropped,
-    cache_control,
-    content_type,
-    safe_prefix,
-    write_atomically,
-)
+from vilokanam.origin.s3client import MIB, RETRYABLE, ListingRefused, S3Client, backoff
+from vilokanam.origin.s3playlists import Playlist, PlaylistBook
+from vilokanam.origin.storage import SegmentDropped, safe_prefix, write_atomically
+
+__all__ = ["ListingRefused", "S3Storage", "backoff"]
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = (BotoCoreError, ClientError, OSError)
-"""Connection errors (``botocore.exceptions.ConnectionError``), timeouts, 5xx and 4xx alike: a
-misconfigured bucket waits like an outage, loudly, until the spool gives segments up."""
-DELETE_BATCH = 1000
-"""S3's limit of keys per DeleteObjects call (moto accepts more; AWS refuses)."""
-TRANSIENT_DELETE_ERRORS = frozenset(
-    {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "OperationAborted"}
-)
-SLOW_FRACTION = 0.9
-"""Uploads slower than this share of a segment's duration make players fall behind live."""
-EWMA_WEIGHT = 0.2
-FAILURE_LOG_EVERY = 10.0
-SLOW_LOG_EVERY = 60.0
-MIB = 1024 * 1024
 MASTER_PLAYLIST = "master.m3u8"
 """A stream's master playlist (the packager's name): put after what it names."""
-
-
-def backoff(failures: int, initial: float, maximum: float) -> float:
-    """Seconds before retry number ``failures`` (1, 2, …): doubling from ``initial`` up to
-    ``maximum``, the upper half jittered so retries after an outage do not arrive together."""
-    ceiling = min(maximum, initial * 2 ** max(failures - 1, 0))
-    return ceiling / 2 + random.random() * ceiling / 2
-
-
-def chunked(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -90,64 +62,46 @@ class _Upload:
 
 
 @dataclass(eq=False)
-class _Playlist:
-    """The newest text of one playlist and how far S3 has caught up with it."""
-
-    relpath: str
-    text: str = ""
-    queued: int = 0
-    """Versions handed in so far."""
-    sent: int = 0
-    """The newest version S3 holds."""
-    given_up: int = 0
-    """Versions up to this one failed for good: nothing waits for them any more."""
-    active: bool = False
-    """A worker owns this playlist (queued or putting): at most one, so versions stay in order."""
-    cancelled: bool = False
-    after: dict[_Playlist, int] = field(default_factory=dict)
-    """A master playlist: versions of its stream's playlists that S3 must hold first."""
-    uploads: list[asyncio.Future[None]] = field(default_factory=list)
-    """A master playlist: its stream's segment uploads to wait for first."""
-
-    def settled(self, version: int) -> bool:
-        """Whether a write waiting for ``version`` may go: S3 holds it, or it never will."""
-        return self.cancelled or self.sent >= version or self.given_up >= version
-
-
-@dataclass(eq=False)
 class _Delete:
     relpaths: list[str]
-    after: dict[_Playlist, int]
+    after: dict[Playlist, int]
     """Playlist versions queued before the delete: S3 must hold them first."""
     attempts: list[asyncio.Future[Any]] = field(default_factory=list)
     """Puts of these keys already running: deleting first would let them resurrect the key."""
 
 
-class ListingRefused(PermissionError):
-    """S3 refuses for good to list the bucket (the credentials lack ``s3:ListBucket``)."""
+class _ClientFigure:
+    """A figure the :class:`S3Client` keeps, read and set as the storage's own (by /metrics,
+    the server's settings and tests)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, storage: S3Storage | None, owner: type | None = None) -> Any:
+        return self if storage is None else getattr(storage.s3, self.name)
+
+    def __set__(self, storage: S3Storage, value: Any) -> None:
+        setattr(storage.s3, self.name, value)
 
 
 class S3Storage:
     """Media under ``root`` (served by this origin) and mirrored to an S3 bucket."""
 
     kind = "s3"
+    expected_segment_seconds = _ClientFigure()
+    upload_retries = _ClientFigure()
+    deletes = _ClientFigure()
+    upload_seconds_avg = _ClientFigure()
 
     def __init__(self, root: Path, settings: S3Settings) -> None:
         self.root = root
         self.settings = settings
         root.mkdir(parents=True, exist_ok=True)
-        self.expected_segment_seconds = 2.0
-        """Segment duration the packager aims for (the server sets ``hls.segment_duration``):
-        uploads slower than 90 % of it are reported."""
-        self.client: Any = None
-        """The boto3 S3 client, from :meth:`start` (thread-safe; shared by every put)."""
+        self.s3 = S3Client(root, settings, backlog=lambda: (len(self._spool), self.spool_bytes))
+        """The bucket: calls, retries, failure log and upload figures."""
         self.uploads_ok = 0
-        self.upload_retries = 0
         self.uploads_dropped = 0
         self.spool_bytes = 0
-        self.deletes = 0
-        self.upload_seconds_avg = 0.0
-        """Moving average (EWMA) of the seconds one successful segment put takes."""
         self._spool: dict[_Upload, None] = {}
         """Segments not yet in S3, oldest first."""
         self._uploads: dict[str, _Upload] = {}
@@ -156,27 +110,22 @@ class S3Storage:
         would bring the object back (even one whose upload was given up meanwhile)."""
         self._uploaded: set[str] = set()
         """Relpaths S3 holds and whose local copy is still here (release_local may drop it)."""
-        self._playlists: dict[str, _Playlist] = {}
-        """Playlists with a version not yet in S3 (or being put)."""
-        self._queue: asyncio.Queue[_Upload | _Playlist] = asyncio.Queue()
+        self._playlists = PlaylistBook()
+        """Playlists with a version not yet in S3 (or being put), and what waits for them."""
+        self._queue: asyncio.Queue[_Upload | Playlist] = asyncio.Queue()
         self._deletes: deque[_Delete] = deque()
         self._delete_wake = asyncio.Event()
-        self._progress = asyncio.Event()
-        """Set (and replaced) whenever a playlist version reaches S3 or is cancelled."""
         self._outstanding = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._held: set[asyncio.Task[None]] = set()
-        """Master playlists waiting for their stream's writes before they are queued."""
-        self._executor: ThreadPoolExecutor | None = None
-        self._failing_since: float | None = None
-        self._failure_logged = 0.0
-        self._slow_logged = -SLOW_LOG_EVERY
-        self._observed = 0
-        self._list_refusal_logged = False
 
     # -- figures --------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client, from :meth:`start` (thread-safe; shared by every put)."""
+        return self.s3.client
 
     @property
     def spool_files(self) -> int:
@@ -188,14 +137,14 @@ class S3Storage:
 
     def slow(self, segment_duration: float) -> bool:
         """Whether a segment takes longer than 90 % of ``segment_duration`` to upload."""
-        return self.upload_seconds_avg > SLOW_FRACTION * segment_duration
+        return self.s3.slow(segment_duration)
 
     @property
     def slow_uploads(self) -> bool:
-        return self.slow(self.expected_segment_seconds)
+        return self.s3.slow_uploads
 
     def key(self, relpath: str) -> str:
-        return f"{self.settings.prefix}{relpath}"
+        return self.s3.key(relpath)
 
     def public_url(self, relpath: str) -> str | None:
         base = self.settings.public_base_url
@@ -206,62 +155,25 @@ class S3Storage:
     async def start(self) -> None:
         if self.client is not None:
             return
-        workers = self.settings.upload_concurrency
-        self.client = await asyncio.to_thread(self._make_client)
-        # A thread per upload worker, one for the delete lane, one for listings.
-        self._executor = ThreadPoolExecutor(workers + 2, thread_name_prefix="s3")
+        await self.s3.start()
         self._tasks = [
             asyncio.create_task(self._upload_worker(), name=f"s3-upload-{n}")
-            for n in range(workers)
+            for n in range(self.settings.upload_concurrency)
         ]
         self._tasks.append(asyncio.create_task(self._delete_worker(), name="s3-delete"))
-        self._tasks.append(asyncio.create_task(self._check_bucket(), name="s3-check"))
-
-    def _make_client(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        settings = self.settings
-        config = Config(
-            retries={"total_max_attempts": 2, "mode": "standard"},  # we retry, forever
-            connect_timeout=settings.timeout,
-            read_timeout=settings.timeout,
-            max_pool_connections=settings.upload_concurrency + 2,
-            s3={"addressing_style": settings.addressing_style},
-            # botocore >= 1.36 adds a CRC32 to every put by default; some S3-compatible
-            # stores refuse it. Checksums only where the API requires them (DeleteObjects).
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        session = boto3.session.Session(region_name=settings.region or None)
-        client = session.client("s3", endpoint_url=settings.endpoint_url or None, config=config)
-        client.meta.events.register("before-sign.s3.PutObject", _skip_expect_continue)
-        return client
-
-    async def _check_bucket(self) -> None:
-        """Say at start whether the bucket answers (uploads wait for it either way)."""
-        try:
-            await self._run(self.client.head_bucket, Bucket=self.settings.bucket)
-        except RETRYABLE as exc:
-            log.warning(
-                "S3 bucket %s does not answer yet (%s): uploads will retry",
-                self.settings.bucket,
-                exc,
-            )
-        else:
-            log.info("S3 storage: bucket %s, prefix %r", self.settings.bucket, self.settings.prefix)
+        self._tasks.append(asyncio.create_task(self.s3.check_bucket(), name="s3-check"))
 
     async def close(self, grace: float = 0.0) -> None:
         if self.client is None:
             return
         await self.flush(grace)
-        tasks = [*self._tasks, *self._held]
+        tasks = [*self._tasks, *self._playlists.held]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         files, size = len(self._spool), self.spool_bytes
-        playlists = sum(state.sent < state.queued for state in self._playlists.values())
+        playlists = len(self._playlists.unsent())
         deletes = sum(len(job.relpaths) for job in self._deletes)
         for job in list(self._spool):
             self._settle(job, SegmentDropped(f"{job.relpath}: storage closed before upload"))
@@ -271,11 +183,7 @@ class S3Storage:
                 "%s), %d playlist(s) not written, %d delete(s) not done",
                 files, size, self.root, playlists, deletes,
             )  # fmt: skip
-        assert self._executor is not None
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = None
-        self.client.close()
-        self.client = None
+        self.s3.close()
 
     async def flush(self, timeout: float) -> bool:
         if self._idle.is_set():
@@ -298,11 +206,6 @@ class S3Storage:
     def _require_started(self) -> None:
         if self.client is None:
             raise RuntimeError("S3Storage.start() has not been called")
-
-    async def _run(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """``func`` in the S3 thread pool."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: func(*args, **kwargs))
 
     # -- segments -------------------------------------------------------------------------
 
@@ -385,134 +288,45 @@ class S3Storage:
         while not job.done.done():
             started = time.monotonic()
             try:
-                await self._attempt(job.relpath, self._put_file, job.relpath)
+                await self._attempt(job.relpath, self.s3.put_file, job.relpath)
             except FileNotFoundError:
                 self._settle(job, SegmentDropped(f"{job.relpath} vanished before its upload"))
                 return
             except RETRYABLE as exc:
                 failures += 1
-                self.upload_retries += 1
-                self._failed(job.relpath, exc)
-                await asyncio.wait([job.done], timeout=self._delay(failures))
+                await self.s3.retry_later(job.relpath, exc, failures, put=True, wake=job.done)
                 continue
-            self._succeeded()
-            self._observe(time.monotonic() - started)
+            self.s3.succeeded()
+            self.s3.observe(time.monotonic() - started)
             if not job.done.done():
                 self.uploads_ok += 1
                 self._settle(job)
 
     async def _attempt(self, relpath: str, func: Any, *args: Any) -> None:
         """One put of ``relpath`` in the thread pool, registered in ``_running`` meanwhile."""
-        attempt = self._running[relpath] = asyncio.ensure_future(self._run(func, *args))
+        attempt = self._running[relpath] = asyncio.ensure_future(func(*args))
         try:
             await attempt
         finally:
             if self._running.get(relpath) is attempt:
                 del self._running[relpath]
 
-    def _put_file(self, relpath: str) -> None:
-        # Read whole (segments are small): each retry sends the file as it is now.
-        self._put(relpath, (self.root / relpath).read_bytes())
-
-    def _put(self, relpath: str, data: bytes) -> None:
-        self.client.put_object(
-            Bucket=self.settings.bucket,
-            Key=self.key(relpath),
-            Body=data,
-            ContentType=content_type(relpath),
-            CacheControl=cache_control(relpath),
-        )
-
-    def _observe(self, seconds: float) -> None:
-        self._observed += 1
-        if self._observed == 1:
-            self.upload_seconds_avg = seconds
-        else:
-            self.upload_seconds_avg += EWMA_WEIGHT * (seconds - self.upload_seconds_avg)
-        now = time.monotonic()
-        if self.slow_uploads and now - self._slow_logged >= SLOW_LOG_EVERY:
-            self._slow_logged = now
-            log.warning(
-                "S3 uploads take %.2f s per segment on average, over %d%% of the %.1f s segment "
-                "duration: players fall behind live (raise s3.upload_concurrency, or use a "
-                "bucket closer to this server)",
-                self.upload_seconds_avg, SLOW_FRACTION * 100, self.expected_segment_seconds,
-            )  # fmt: skip
-
-    def _delay(self, failures: int) -> float:
-        return backoff(failures, self.settings.retry_initial, self.settings.retry_max)
-
-    def _failed(self, what: str, exc: BaseException) -> None:
-        """Log an S3 failure: the first at once, then a reminder every 10 s while it lasts."""
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = self._failure_logged = now
-            log.warning("S3 write failed (%s: %s); retrying until it works", what, exc)
-        elif now - self._failure_logged >= FAILURE_LOG_EVERY:
-            self._failure_logged = now
-            log.warning(
-                "S3 still failing after %.0f s (%s); %d segment(s), %.1f MiB waiting",
-                now - self._failing_since, exc, len(self._spool), self.spool_bytes / MIB,
-            )  # fmt: skip
-
-    def _succeeded(self) -> None:
-        if self._failing_since is not None:
-            log.info("S3 writes succeed again after %.1f s", time.monotonic() - self._failing_since)
-            self._failing_since = None
-
     # -- playlists ------------------------------------------------------------------------
 
     async def publish_playlist(self, relpath: str, text: str) -> None:
         self._require_started()
         await asyncio.to_thread(write_atomically, self.root / relpath, text.encode())
-        state = self._playlists.get(relpath)
-        if state is None:
-            state = self._playlists[relpath] = _Playlist(relpath)
-        state.text = text
-        state.queued += 1
+        state = self._playlists.hand_in(relpath, text)
         self._uploaded.discard(relpath)
         if PurePosixPath(relpath).name == MASTER_PLAYLIST:
-            self._hold_behind_stream(state)
+            uploads = ((job.relpath, job.done) for job in self._uploads.values())
+            self._playlists.hold_behind_stream(state, uploads)
         if not state.active:
             state.active = True
             self._begin()
-            self._queue_when_clear(state)
+            self._playlists.when_clear(state, self._queue.put_nowait)
 
-    def _hold_behind_stream(self, state: _Playlist) -> None:
-        """The master's next put waits for every write of its stream queued before now."""
-        folder = state.relpath.rpartition("/")[0] + "/"
-        for other in self._unsent_playlists(folder):
-            if other is not state:
-                state.after[other] = other.queued
-        state.uploads += [j.done for j in self._uploads.values() if j.relpath.startswith(folder)]
-
-    def _clear(self, state: _Playlist) -> bool:
-        """Whether what ``state`` waits for is done (forgetting what is)."""
-        if state.after:
-            state.after = {s: v for s, v in state.after.items() if not s.settled(v)}
-        if state.uploads:
-            state.uploads = [upload for upload in state.uploads if not upload.done()]
-        return not (state.after or state.uploads)
-
-    def _queue_when_clear(self, state: _Playlist) -> None:
-        """Queue an owned playlist for a worker, at once or (a master) once its stream's
-        earlier writes are done: the wait holds no worker, so masters cannot starve them."""
-        if state.cancelled or self._clear(state):
-            self._queue.put_nowait(state)
-            return
-        task = asyncio.create_task(self._wait_clear(state), name=f"s3-hold-{state.relpath}")
-        self._held.add(task)
-        task.add_done_callback(self._held.discard)
-
-    async def _wait_clear(self, state: _Playlist) -> None:
-        while not state.cancelled and not self._clear(state):
-            if state.uploads:
-                await asyncio.wait(state.uploads)
-            else:
-                await self._progress.wait()
-        self._queue.put_nowait(state)
-
-    async def _put_playlist(self, state: _Playlist) -> None:
+    async def _put_playlist(self, state: Playlist) -> None:
         """Put the newest version until S3 holds it; versions queued meanwhile coalesce.
 
         An error that is not retried gives the queued versions up: a master playlist or a
@@ -521,31 +335,27 @@ class S3Storage:
         handed_on = False
         try:
             while not state.cancelled:
-                if not self._clear(state):  # a newer master version with its own wait
+                if not self._playlists.clear(state):  # a newer master version with its own wait
                     handed_on = True
-                    self._queue_when_clear(state)
+                    self._playlists.when_clear(state, self._queue.put_nowait)
                     return
                 version, data = state.queued, state.text.encode()
                 try:
-                    await self._attempt(state.relpath, self._put, state.relpath, data)
+                    await self._attempt(state.relpath, self.s3.put, state.relpath, data)
                 except RETRYABLE as exc:
                     failures += 1
-                    self.upload_retries += 1
-                    self._failed(state.relpath, exc)
-                    await asyncio.sleep(self._delay(failures))
+                    await self.s3.retry_later(state.relpath, exc, failures, put=True)
                     continue
                 failures = 0
-                self._succeeded()
+                self.s3.succeeded()
                 state.sent = version
-                self._notify_progress()
+                self._playlists.progressed()
                 if state.queued == version:
-                    if self._playlists.get(state.relpath) is state:
-                        del self._playlists[state.relpath]  # the next version starts afresh
+                    if self._playlists.retire(state):
                         self._uploaded.add(state.relpath)
                     return
         except Exception:  # not retried (a bug): it would hold its master and deletes forever
-            state.given_up = state.queued
-            self._notify_progress()
+            self._playlists.give_up(state)
             log.exception("S3 put of %s given up; writes that waited for it go on without it",
                           state.relpath)  # fmt: skip
         finally:
@@ -563,19 +373,11 @@ class S3Storage:
         if not relpaths:
             return
         self._require_started()
-        job = _Delete(list(relpaths), self._unsent_playlists(), self._forget(relpaths))
+        job = _Delete(list(relpaths), self._playlists.unsent(), self._forget(relpaths))
         await asyncio.to_thread(_unlink_all, self.root, relpaths)
         self._begin()
         self._deletes.append(job)
         self._delete_wake.set()
-
-    def _unsent_playlists(self, folder: str = "") -> dict[_Playlist, int]:
-        """Playlists (under ``folder``) with a version S3 does not hold yet: the newest."""
-        return {
-            s: s.queued
-            for s in self._playlists.values()
-            if s.sent < s.queued and s.relpath.startswith(folder)
-        }
 
     def _forget(self, relpaths: Iterable[str]) -> list[asyncio.Future[Any]]:
         """Stop uploading ``relpaths``; the puts already running, to wait for before deleting."""
@@ -587,10 +389,7 @@ class S3Storage:
             job = self._uploads.get(relpath)
             if job is not None:
                 self._settle(job, SegmentDropped(f"{relpath} deleted before its upload"))
-            state = self._playlists.pop(relpath, None)
-            if state is not None:
-                state.cancelled = True
-                self._notify_progress()
+            self._playlists.cancel(relpath)
         return running
 
     async def _delete_worker(self) -> None:
@@ -602,70 +401,17 @@ class S3Storage:
                 continue
             batch = list(self._deletes)
             for job in batch:
-                await self._wait_sent(job.after)
+                await self._playlists.wait_sent(job.after)
                 if job.attempts:
                     await asyncio.wait(job.attempts)
             relpaths = list(dict.fromkeys(r for job in batch for r in job.relpaths))
             try:
-                await self._delete_keys(relpaths)
+                await self.s3.delete_keys(relpaths)
             except Exception:
                 log.exception("S3 delete of %d object(s) failed", len(relpaths))
             for _ in batch:
                 self._deletes.popleft()
                 self._end()
-
-    def _notify_progress(self) -> None:
-        self._progress.set()
-        self._progress = asyncio.Event()
-
-    async def _wait_sent(self, after: dict[_Playlist, int]) -> None:
-        while not all(s.settled(version) for s, version in after.items()):
-            await self._progress.wait()
-
-    async def _delete_keys(self, relpaths: list[str]) -> int:
-        """DeleteObjects in batches S3 accepts, each retried until it goes through."""
-        deleted = 0
-        for batch in chunked(relpaths, DELETE_BATCH):
-            deleted += await self._delete_batch([self.key(relpath) for relpath in batch])
-        self.deletes += deleted
-        return deleted
-
-    async def _delete_batch(self, keys: list[str]) -> int:
-        deleted, failures = 0, 0
-        while keys:
-            try:
-                response = await self._run(
-                    self.client.delete_objects,
-                    Bucket=self.settings.bucket,
-                    Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
-                )
-            except RETRYABLE as exc:
-                if isinstance(exc, ClientError) and _refused_for_good(exc):
-                    log.error(  # retrying would block every later delete
-                        "S3 refused to delete %d object(s) (%s); they stay in the bucket",
-                        len(keys), exc,
-                    )  # fmt: skip
-                    return deleted
-                failures += 1
-                self._failed("delete", exc)
-                await asyncio.sleep(self._delay(failures))
-                continue
-            self._succeeded()
-            errors = response.get("Errors") or []
-            deleted += len(keys) - len(errors)
-            keys = []
-            for error in errors:
-                if error.get("Code") in TRANSIENT_DELETE_ERRORS:
-                    keys.append(error["Key"])
-                else:
-                    log.error(
-                        "S3 refused to delete %s: %s %s",
-                        error.get("Key"), error.get("Code"), error.get("Message"),
-                    )  # fmt: skip
-            if keys:
-                failures += 1
-                await asyncio.sleep(self._delay(failures))
-        return deleted
 
     async def release_local(self, relpaths: list[str]) -> None:
         """Unlink local copies S3 holds, after their pending uploads; others stay on disk."""
@@ -684,13 +430,13 @@ class S3Storage:
         self._require_started()
         folder = safe_prefix(self.root, prefix)
         relprefix = "/".join(PurePosixPath(prefix).parts) + "/"
-        known = (*self._uploads, *self._playlists, *self._running)
+        known = (*self._uploads, *self._playlists.pending, *self._running)
         pending = [relpath for relpath in known if relpath.startswith(relprefix)]
         running = self._forget(pending)
         if running:
             await asyncio.wait(running)
-        remote = await self._list(relprefix)
-        await self._delete_keys(remote)
+        remote = await self.s3.list_relpaths(relprefix)
+        await self.s3.delete_keys(remote)
         local = await asyncio.to_thread(_remove_tree, folder, self.root)
         self._uploaded.difference_update(local)
         return len(set(remote) | set(local))
@@ -700,56 +446,7 @@ class S3Storage:
         :class:`ListingRefused` if S3 refuses it for good)."""
         self._require_started()
         safe_prefix(self.root, prefix)
-        return set(await self._list("/".join(PurePosixPath(prefix).parts) + "/"))
-
-    async def _list(self, relprefix: str) -> list[str]:
-        """Relpaths of every object under ``relprefix``, the listing retried until it works;
-        :class:`ListingRefused` at once if S3 refuses it for good (no ``s3:ListBucket``)."""
-        failures = 0
-        while True:
-            try:
-                keys = await self._run(self._list_keys, self.key(relprefix))
-            except RETRYABLE as exc:
-                if isinstance(exc, ClientError) and _refused_for_good(exc):
-                    raise self._list_refused(relprefix, exc) from exc
-                failures += 1
-                self._failed("list", exc)
-                await asyncio.sleep(self._delay(failures))
-                continue
-            self._succeeded()
-            return [key.removeprefix(self.settings.prefix) for key in keys]
-
-    def _list_refused(self, relprefix: str, exc: ClientError) -> ListingRefused:
-        """The error for a listing S3 refuses for good; logged the first time only."""
-        error = ListingRefused(
-            f"S3 refused to list s3://{self.settings.bucket}/{self.key(relprefix)} ({exc}): "
-            "the credentials need the s3:ListBucket permission on the bucket to delete ended "
-            "streams and VODs and to recover recordings"
-        )
-        if not self._list_refusal_logged:
-            self._list_refusal_logged = True
-            log.error("%s", error)
-        return error
-
-    def _list_keys(self, prefix: str) -> list[str]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.settings.bucket, Prefix=prefix)
-        return [item["Key"] for page in pages for item in page.get("Contents", [])]
-
-
-def _refused_for_good(exc: ClientError) -> bool:
-    """A 4xx that asking again will not change (access denied, not implemented by an
-    S3-compatible store), unlike throttling and timeouts."""
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    code = exc.response.get("Error", {}).get("Code", "")
-    return 400 <= status < 500 and status not in (408, 429) and code not in TRANSIENT_DELETE_ERRORS
-
-
-def _skip_expect_continue(request: Any, **_: Any) -> None:
-    """Send bodies at once: botocore asks for "100 Continue" first on every put, a round trip
-    before each segment (up to 1 s where the server never answers it)."""
-    if "Expect" in request.headers:
-        del request.headers["Expect"]
+        return set(await self.s3.list_relpaths("/".join(PurePosixPath(prefix).parts) + "/"))
 
 
 def _unlink_all(root: Path, relpaths: Iterable[str]) -> None:
