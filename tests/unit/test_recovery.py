@@ -240,6 +240,23 @@ def _record_url(urls: list[str]) -> Any:
     return record
 
 
+async def _recover_on_s3(
+    root: Path, settings: S3Settings, on_put: Any
+) -> tuple[S3Storage, list[RecoveredRecording]]:
+    """Recover SESSION into S3 (``on_put``: a botocore hook before each PutObject); the storage,
+    closed, and what ``on_recording`` got."""
+    storage = S3Storage(root, settings)
+    await storage.start()
+    storage.client.meta.events.register("before-call.s3.PutObject", on_put)
+    calls: list[RecoveredRecording] = []
+    try:
+        await recover_sessions(storage, [SESSION], _record_into(calls))
+        assert await storage.flush(20)
+    finally:
+        await storage.close(5)
+    return storage, calls
+
+
 def _record_into(calls: list[RecoveredRecording]) -> Any:
     async def on_recording(recording: RecoveredRecording) -> None:
         calls.append(recording)
@@ -363,16 +380,8 @@ async def test_with_s3_a_recovered_recording_uploads_only_what_the_bucket_lacks(
     finished = await _drive(LocalStorage(tmp_path / "finished"), scenario)
     await finished.finish()
     for run in range(2):
-        storage = S3Storage(tmp_path / "media", settings)
-        await storage.start()
         puts: list[str] = []
-        storage.client.meta.events.register("before-call.s3.PutObject", _record_url(puts))
-        calls: list[RecoveredRecording] = []
-        try:
-            await recover_sessions(storage, [SESSION], _record_into(calls))
-            assert await storage.flush(20)
-        finally:
-            await storage.close(5)
+        storage, calls = await _recover_on_s3(tmp_path / "media", settings, _record_url(puts))
         uploaded = sorted(url.split(f"/{s3_bucket.name}/", 1)[1] for url in puts)
         playlists = [f"{PREFIX}/{n}/index.m3u8" for n in scenario.ladder]
         expected = sorted((unsent if run == 0 else []) + [f"{PREFIX}/master.m3u8"])
@@ -469,15 +478,7 @@ async def test_with_s3_recovered_segments_are_never_given_up_for_spool_room(
         if relpath.endswith(".m4s"):
             (tmp_path / "media" / relpath).write_bytes(b"s" * (4 * 1024 * 1024))
     settings = _s3_settings(s3_bucket, spool_max_mb=16, upload_concurrency=1)
-    storage = S3Storage(tmp_path / "media", settings)
-    await storage.start()
-    storage.client.meta.events.register("before-call.s3.PutObject", lambda **_: time.sleep(0.1))
-    calls: list[RecoveredRecording] = []
-    try:
-        await recover_sessions(storage, [SESSION], _record_into(calls))
-        assert await storage.flush(20)
-    finally:
-        await storage.close(5)
+    storage, calls = await _recover_on_s3(tmp_path / "media", settings, lambda **_: time.sleep(0.1))
     assert storage.uploads_dropped == 0
     assert set(files) <= set(s3_bucket.keys(PREFIX))
     assert _figures(calls) == [asdict(packager.recording_summary())]
