@@ -1,5 +1,5 @@
 """A real `vilokanam serve` killed with SIGKILL while recording: the next start makes the VOD of
-everything that was listed, playable and in the catalogue."""
+everything that was listed, playable and in the catalogue, on local disk and in S3 (moto)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import free_port, require_tool
 from tests.media import decode_summary, ffmpeg_publish_command, http_get, read_ladder
+from tests.s3 import Bucket
 
 pytestmark = pytest.mark.e2e
 VILOKANAM = str(Path(sys.executable).with_name("vilokanam"))
@@ -47,16 +48,32 @@ def vods(config: Path) -> list[dict[str, object]]:
     return json.loads(done.stdout)
 
 
-def test_a_recording_killed_mid_stream_is_a_vod_after_the_next_start(tmp_path: Path) -> None:
+def s3_config(bucket: Bucket) -> tuple[str, str]:
+    """The top-level key and the [s3] table for a public moto bucket (moto is "the CDN" too)."""
+    bucket.make_public()
+    table = (
+        f'[s3]\nbucket = "{bucket.name}"\nendpoint_url = "{bucket.endpoint}"\n'
+        f'addressing_style = "path"\npublic_base_url = "{bucket.url("")}"\n'
+        "retry_initial = 0.05\nretry_max = 0.5\n"
+    )
+    return 'storage = "s3"\n', table
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_a_recording_killed_mid_stream_is_a_vod_after_the_next_start(
+    tmp_path: Path, storage: str, request: pytest.FixtureRequest
+) -> None:
     ffmpeg = require_tool("ffmpeg", "the ffmpeg CLI is the publisher")
+    bucket: Bucket | None = request.getfixturevalue("s3_bucket") if storage == "s3" else None
     http_port = free_port()
     config = tmp_path / "vilokanam.toml"
+    top, table = s3_config(bucket) if bucket is not None else ("", "")
     config.write_text(
-        f'data_dir = "{tmp_path / "data"}"\npublic_host = "127.0.0.1"\n'
+        f'data_dir = "{tmp_path / "data"}"\npublic_host = "127.0.0.1"\n{top}'
         f"[rtmp]\nport = {free_port()}\n[http]\nport = {http_port}\n"
         "[hls]\nwindow = 3\n[recording]\nenabled = true\n"
         '[transcode]\n[[transcode.ladder]]\nname = "180p"\nheight = 180\n'
-        "video_bitrate = 300000\n"
+        "video_bitrate = 300000\n" + table
     )
     server, banner = serve(config)
     publisher = None
@@ -104,6 +121,15 @@ def test_a_recording_killed_mid_stream_is_a_vod_after_the_next_start(tmp_path: P
             frames = decode_summary(rendition.whole())["video_frames"]
             assert abs(int(frames) - round(seconds * 25)) <= 1, (frames, seconds)  # type: ignore[call-overload]
         assert http_get(f"http://127.0.0.1:{http_port}/live/demo/master.m3u8")[0] == 200
+        if bucket is not None:  # the whole VOD is in the bucket, whatever waited at the crash
+            keys = set(bucket.keys(f"streams/{vod['id']}/"))
+            for name, rendition in ladder.items():
+                named = {f"streams/{vod['id']}/{name}/{s.uri}" for s in rendition.playlist.segments}
+                assert named <= keys, sorted(named - keys)
+                vod_playlist = bucket.get(f"streams/{vod['id']}/{name}/index.m3u8").decode()
+                assert (
+                    "#EXT-X-PLAYLIST-TYPE:VOD" in vod_playlist and "#EXT-X-ENDLIST" in vod_playlist
+                )
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=30)
