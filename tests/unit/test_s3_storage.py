@@ -606,3 +606,34 @@ async def test_delete_prefix_raises_when_the_folder_stays(
     monkeypatch.undo()
     assert await storage.delete_prefix("streams/24") == 1
     assert not (storage.root / "streams/24").exists()
+
+
+async def test_flushing_one_stream_waits_for_its_writes_only(
+    make_storage, s3_bucket: Bucket
+) -> None:
+    """A recorded stream ending waits for its own uploads, not for a busy stream beside it."""
+    storage = await make_storage(upload_concurrency=4)
+    release = threading.Event()
+
+    def slow_for_stream_2(params: dict[str, Any], **_: Any) -> None:
+        if "/streams/2/" in params["url"]:
+            release.wait(10)  # S3 stalls on the other stream's keys
+
+    hook(storage, "before-call.s3.PutObject", slow_for_stream_2)
+    uploads = []
+    for stream in (1, 2):  # as the packager does: uploads run while it goes on
+        write(storage, f"streams/{stream}/source/seg-0.m4s", 1000)
+        uploads.append(
+            asyncio.ensure_future(storage.publish_segment(f"streams/{stream}/source/seg-0.m4s"))
+        )
+        await storage.publish_playlist(f"streams/{stream}/source/index.m3u8", playlist("seg-0.m4s"))
+    started = time.monotonic()
+    assert await storage.flush(5, "streams/1")
+    assert time.monotonic() - started < 2, "not held by stream 2"
+    assert s3_bucket.get("streams/1/source/index.m3u8").decode() == playlist("seg-0.m4s")
+    assert not await storage.flush(0.2, "streams/2"), "stream 2 is still stalled"
+    assert not await storage.flush(0.2), "nor is everything"
+    assert not uploads[1].done()
+    release.set()
+    assert await storage.flush(10, "streams/2/")
+    assert uploads[1].done() and s3_bucket.head("streams/2/source/index.m3u8") is not None

@@ -185,11 +185,26 @@ class S3Storage:
             )  # fmt: skip
         self.s3.close()
 
-    async def flush(self, timeout: float) -> bool:
+    async def flush(self, timeout: float, prefix: str | None = None) -> bool:
+        if prefix is not None:  # one stream: other streams' uploads never keep it waiting
+            return await self._flush_folder(timeout, prefix.rstrip("/") + "/")
         if self._idle.is_set():
             return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _flush_folder(self, timeout: float, folder: str) -> bool:
+        """Until the uploads and playlist versions under ``folder`` queued so far are settled."""
+        uploads = [job.done for job in self._uploads.values() if job.relpath.startswith(folder)]
+        playlists = self._playlists.unsent(folder)
+        try:
+            async with asyncio.timeout(timeout):
+                if uploads:
+                    await asyncio.wait(uploads)
+                await self._playlists.wait_sent(playlists)
         except TimeoutError:
             return False
         return True

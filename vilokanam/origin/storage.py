@@ -90,8 +90,9 @@ class Storage(Protocol):
         """The absolute URL players should use for ``relpath`` (the CDN in front of the
         bucket), or None: relative URLs on this origin."""
 
-    async def flush(self, timeout: float) -> bool:
-        """Wait until every queued remote write is done; False if ``timeout`` passed first."""
+    async def flush(self, timeout: float, prefix: str | None = None) -> bool:
+        """Wait until every remote write queued so far (under ``prefix``: one stream's) is
+        done; False if ``timeout`` passed first."""
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -170,5 +171,5 @@ class LocalStorage:
     def public_url(self, relpath: str) -> str | None:
         return None
 
-    async def flush(self, timeout: float) -> bool:
+    async def flush(self, timeout: float, prefix: str | None = None) -> bool:
         return True

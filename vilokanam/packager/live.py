@@ -425,7 +425,7 @@ class LivePackager:
             await self._maybe_write_master(force=True)  # final average bitrates
             if self._side_uploads:
                 await asyncio.wait(list(self._side_uploads), timeout=left())
-            if not await self.storage.flush(left()):
+            if not await self.storage.flush(left(), self.prefix):
                 log.warning("%s: the VOD's playlists may not all be stored yet", self.prefix)
 
     def recording_summary(self) -> RecordingSummary | None:
