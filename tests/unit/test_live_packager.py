@@ -191,7 +191,7 @@ async def test_segments_waiting_for_upload_keep_their_own_init_segment(tmp_path:
 async def test_a_thumbnail_before_the_first_sequence_is_journaled_with_it(
     tmp_path: Path,
 ) -> None:
-    """The first keyframe's thumbnail comes before any sequence is listed: a journal holding
+    """The first keyframe's thumbnail comes before any sequence is queued: a journal holding
     only its line would describe no VOD."""
     packager = LivePackager("s", LocalStorage(tmp_path), segment_duration=2, window=3,
                             delete_margin=1, recording=True)  # fmt: skip
@@ -202,12 +202,12 @@ async def test_a_thumbnail_before_the_first_sequence_is_journaled_with_it(
     while not packager.thumbnail:
         await asyncio.sleep(0)
     journal = tmp_path / "s" / JOURNAL
-    assert not journal.exists(), "no line before a sequence is listed"
+    assert not journal.exists(), "no line before a sequence is queued"
     for sequence in range(2):
         await packager.handle(_segment(tmp_path, "source", sequence, 2.0 * sequence))
         assert await packager.wait_listed(2)
     kinds = [json.loads(line)["type"] for line in journal.read_text().splitlines()]
-    assert kinds == ["header", "sequence", "thumbnail", "sequence"]
+    assert kinds == ["header", "queued", "thumbnail", "sequence", "queued", "sequence"]
     recording = read_journal(journal)
     assert recording is not None and recording.thumbnail
     await packager.handle({"type": "thumbnail", "path": "thumbnail.jpg"})  # refreshed later

@@ -135,16 +135,26 @@ class Scenario:
     dropped: set[int] = field(default_factory=lambda: {2})
     """Sequences whose files could not be published."""
     thumbnail_at: int | None = 1
+    outage_from: int | None = None
+    """S3 goes down before this sequence and the server is killed before it comes back: the
+    uploads of this sequence and later ones never end (what finishing it makes: no outage)."""
 
 
 class _Dropping(LocalStorage):
+    """Files of ``dropped`` sequences are given up (as S3 with its spool full: the local copy
+    goes too); once ``down``, every other upload but a thumbnail's waits forever."""
+
     def __init__(self, root: Path, dropped: set[int]) -> None:
         super().__init__(root)
         self.dropped = {f"seg-{n}.m4s" for n in dropped}
+        self.down = False
 
     async def publish_segment(self, relpath: str, *, droppable: bool = True) -> None:
         if relpath.rpartition("-s7-")[2] in self.dropped:
+            (self.root / relpath).unlink(missing_ok=True)
             raise SegmentDropped(relpath)
+        if self.down and not relpath.endswith("thumbnail.jpg"):
+            await asyncio.Event().wait()
         await super().publish_segment(relpath, droppable=droppable)
 
 
@@ -155,13 +165,18 @@ def _file(storage: Storage, relpath: str, size: int) -> str:
     return relpath
 
 
-async def _drive(storage: Storage, scenario: Scenario) -> LivePackager:
-    """Feed a recording packager the worker events of ``scenario``; everything listed."""
+async def _drive(storage: Storage, scenario: Scenario, *, outage: bool = False) -> LivePackager:
+    """Feed a recording packager the worker events of ``scenario``; everything listed (with
+    ``outage``: up to ``scenario.outage_from``, then killed with the rest waiting on S3)."""
     packager = LivePackager(PREFIX, storage, segment_duration=2, window=3, delete_margin=1,
                             recording=True)  # fmt: skip
     await packager.handle({"type": "ladder", "renditions": scenario.ladder})
     epoch, media, elapsed = -1, 0.0, 0.0
     for sequence, duration in enumerate(scenario.durations):
+        if outage and sequence == scenario.outage_from:
+            assert isinstance(storage, _Dropping)
+            assert await packager.wait_listed(10)
+            storage.down = True
         if sequence == 0 or sequence in scenario.restarts:
             await packager.end_epoch()
             epoch, media = epoch + 1, 0.0
@@ -182,9 +197,16 @@ async def _drive(storage: Storage, scenario: Scenario) -> LivePackager:
             await packager.handle({"type": "thumbnail", "path": "thumbnail.jpg"})
         media += duration
         elapsed += duration
-    assert await packager.wait_listed(10)
-    for _ in range(20):  # the thumbnail's done callback
+    down = isinstance(storage, _Dropping) and storage.down
+    if not down:
+        assert await packager.wait_listed(10)
+    for _ in range(20):  # the thumbnail's done callback, the dropped uploads
         await asyncio.sleep(0)
+    if down:  # kill -9: nothing the packager waits on ever ends, nothing more is written
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return packager
 
 
@@ -197,7 +219,8 @@ async def _crash_and_finish(
 ) -> tuple[Path, Path, LivePackager, list[RecoveredRecording]]:
     """Run ``scenario`` twice: killed then recovered (``base/crashed``), and finished."""
     crashed = LocalStorage(base / "crashed")
-    await _drive(_Dropping(crashed.root, scenario.dropped), scenario)  # then killed: no finish
+    outage = scenario.outage_from is not None
+    await _drive(_Dropping(crashed.root, scenario.dropped), scenario, outage=outage)  # no finish
     recovered: list[RecoveredRecording] = []
 
     async def on_recording(recording: RecoveredRecording) -> None:
@@ -273,7 +296,8 @@ async def test_the_journal_has_a_line_per_sequence_and_a_torn_last_line_is_ignor
     lines = journal.read_bytes().splitlines(keepends=True)
     kinds = [json.loads(line)["type"] for line in lines]
     assert kinds.count("header") == kinds.count("thumbnail") == 1
-    assert kinds.index("header") < kinds.index("sequence") and kinds.count("sequence") == 7
+    assert kinds.index("header") < kinds.index("queued") < kinds.index("sequence")
+    assert kinds.count("sequence") == kinds.count("queued") == 7
     with journal.open("ab") as handle:
         handle.write(lines[-2][: len(lines[-2]) // 2])  # killed in the middle of a line
     calls: list[RecoveredRecording] = []
@@ -311,22 +335,32 @@ async def test_every_truncation_of_the_journal_is_a_prefix_of_the_vod(tmp_path: 
     packager = await _drive(_Dropping(storage.root, scenario.dropped), scenario)
     archives = {name: r.archive for name, r in packager.renditions.items()}
     data = (storage.root / PREFIX / JOURNAL).read_bytes()
+    assert data.count(b'"type":"queued"') == 7 and data.count(b'"type":"dropped"') == 1
     copy = tmp_path / "copy.jsonl"
     for cut in range(len(data) + 1):
         copy.write_bytes(data[:cut])
         recording = read_journal(copy)
         complete = data[:cut].split(b"\n")[:-1]  # a torn last line does not count
-        listed = [line for line in complete if b'"sequence"' in line]
-        if not listed:
-            assert recording is None, cut
+        listed = [line for line in complete if b'"type":"sequence"' in line]
+        if recording is None:
+            assert not listed, cut
             continue
-        assert recording is not None, cut
         count = len(listed)
-        expected = {n: vod_playlist(2, a[:count]).render() for n, a in archives.items()}
+        expected = {n: vod_playlist(2, a[:count]).render() for n, a in archives.items() if count}
         assert recording.playlists() == expected, cut
         summary = recording.summary()
-        assert summary is not None and summary.segments == count, cut
-        assert summary.thumbnail == any(b'"thumbnail"' in line for line in complete), cut
+        assert (summary.segments if summary else 0) == count, cut
+        assert recording.thumbnail == any(b'"thumbnail"' in line for line in complete), cut
+        # Killed here with every queued file still on disk: those are listed too.
+        pending = [item.sequence for item in recording.pending]
+        vod = recording.with_pending(lambda _: True)
+        numbers = [entry.sequence for entry in vod.archives["source"]]
+        assert numbers == [e.sequence for e in archives["source"][:count]] + pending, cut
+        if scenario.dropped.isdisjoint(pending):  # else: killed before that upload failed
+            last = numbers[-1]
+            expected = {n: vod_playlist(2, [e for e in a if e.sequence <= last]).render()
+                        for n, a in archives.items()}  # fmt: skip
+            assert vod.playlists() == expected, cut
 
 
 scenarios = st.builds(
@@ -336,6 +370,7 @@ scenarios = st.builds(
     restarts=st.sets(st.integers(1, 8), max_size=3),
     dropped=st.sets(st.integers(0, 8), max_size=3),
     thumbnail_at=st.none() | st.integers(0, 8),
+    outage_from=st.none() | st.integers(1, 8),
 )
 
 
@@ -346,9 +381,80 @@ def test_any_killed_recording_recovers_as_finish_would_have_ended_it(scenario: S
         crashed, finished_root, finished, recovered = asyncio.run(
             _crash_and_finish(Path(folder), scenario)
         )
-        assert _playlists(crashed) == _playlists(finished_root)
         summary = finished.recording_summary()
+        outage = scenario.outage_from
+        if (
+            outage is not None
+            and outage < len(scenario.durations)
+            and (
+                scenario.dropped.issuperset(range(outage))  # nothing listed: no master playlist
+            )
+        ):
+            assert recovered == []
+            return
+        assert _playlists(crashed) == _playlists(finished_root)
         assert _figures(recovered) == ([asdict(summary)] if summary else [])
+
+
+@pytest.mark.parametrize("dropped", [{2}, {2, 5}, {3}])
+async def test_a_recording_killed_while_s3_was_down_keeps_what_was_waiting(
+    tmp_path: Path, dropped: set[int]
+) -> None:
+    """The sequences queued behind an S3 outage: their files are on local disk, so the VOD has
+    them, as if the outage had never been (one given up meanwhile: left out, as by finish)."""
+    scenario = Scenario(outage_from=3, dropped=dropped)
+    crashed, finished_root, finished, recovered = await _crash_and_finish(tmp_path, scenario)
+    journal = (crashed / PREFIX / JOURNAL).read_text()
+    assert journal.count('"type":"queued"') == 7
+    recording = read_journal(crashed / PREFIX / JOURNAL)
+    assert recording is not None
+    pending = [p.sequence for p in recording.pending]  # 3: dropped before the kill
+    assert pending in ([3, 4, 5, 6], [4, 5, 6]) and {3, 4, 5, 6} - dropped <= set(pending)
+    assert len(m3u8.loads(_playlists(crashed)["source"]).segments) == 7 - len(dropped)
+    vods = _playlists(finished_root)
+    assert _playlists(crashed) == vods, "byte for byte"
+    summary = finished.recording_summary()
+    assert summary is not None and _figures(recovered) == [asdict(summary)]
+    await recover_sessions(LocalStorage(crashed), [SESSION], _record_into(again := []))
+    assert _playlists(crashed) == vods and again == recovered, "the same result twice"
+
+
+async def test_a_waiting_sequence_with_a_file_gone_is_left_out_with_a_discontinuity(
+    tmp_path: Path,
+) -> None:
+    crashed = _Dropping(tmp_path / "crashed", {2})
+    await _drive(crashed, Scenario(outage_from=3), outage=True)
+    (crashed.root / PREFIX / "240p/240p-s7-seg-5.m4s").unlink()
+    calls: list[RecoveredRecording] = []
+    await recover_sessions(LocalStorage(crashed.root), [SESSION], _record_into(calls))
+    finished = await _drive(_Dropping(tmp_path / "finished", {2, 5}), Scenario(dropped={2, 5}))
+    await finished.finish()
+    vods = _playlists(tmp_path / "finished")
+    assert _playlists(crashed.root) == vods
+    assert [s.discontinuity for s in m3u8.loads(vods["source"]).segments] == [
+        False, False, True, True, True
+    ]  # fmt: skip
+    assert _figures(calls) == [asdict(finished.recording_summary())]
+
+
+async def test_a_journal_from_before_queued_lines_still_recovers(tmp_path: Path) -> None:
+    packager = await _drive(_Dropping(tmp_path, {2}), Scenario())
+    journal = tmp_path / PREFIX / JOURNAL
+    old = []
+    for line in journal.read_text().splitlines():
+        record = json.loads(line)
+        if record["type"] in ("queued", "dropped"):
+            continue
+        record.pop("epoch", None)
+        old.append(json.dumps(record) + "\n")
+    journal.write_text("".join(old))
+    calls: list[RecoveredRecording] = []
+    await recover_sessions(LocalStorage(tmp_path), [SESSION], _record_into(calls))
+    await packager.finish()
+    assert _figures(calls) == [asdict(packager.recording_summary())]
+    finished = await _drive(_Dropping(tmp_path / "finished", {2}), Scenario())
+    await finished.finish()
+    assert _playlists(tmp_path) == _playlists(tmp_path / "finished")
 
 
 async def test_with_s3_a_recovered_recording_uploads_only_what_the_bucket_lacks(

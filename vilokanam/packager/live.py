@@ -233,9 +233,9 @@ class LivePackager:
             end = epoch.wallclock + timedelta(seconds=last - epoch.media_start)
             self._pdt_end = max(self._pdt_end or end, end)  # known now, listed or not
             inits = {n: self.renditions[n].init_uri for n in names}
-            self._queue.append(
-                _Sequence(number, {n: events[n] for n in names}, epoch, uploads, inits)
-            )
+            item = _Sequence(number, {n: events[n] for n in names}, epoch, uploads, inits)
+            self._queue.append(item)
+            self._journal_queued(item)
         if self._queue and (self._lister is None or self._lister.done()):
             self._lister = asyncio.create_task(self._list_in_order(), name=f"{self.prefix}-list")
 
@@ -262,6 +262,20 @@ class LivePackager:
             except Exception:
                 log.exception("%s: listing sequence %d failed", self.prefix, item.number)
 
+    def _journal_queued(self, item: _Sequence) -> None:
+        """Journal the sequence's entries as listing will make them: a crash before it is
+        listed (S3 down) still leaves its files, and the journal, on local disk."""
+        if self._journal is None:
+            return
+        segments = {}
+        for name, event in item.events.items():
+            entry = _entry(event, name, item.epoch, item.init_uris.get(name), discontinuity=False)
+            segments[name] = (entry, int(event.get("size", 0)))
+        ladder = list(self.ladder or self.renditions)
+        self._journal.queued(
+            item.number, item.epoch.number, segments, self.segment_duration, ladder
+        )
+
     def _journal_sequence(self, item: _Sequence) -> None:
         """Journal the sequence's archived entries (what the VOD holds now)."""
         if self._journal is None:
@@ -272,7 +286,9 @@ class LivePackager:
             if archive and archive[-1].sequence == item.number:
                 segments[name] = (archive[-1], int(event.get("size", 0)))
         ladder = list(self.ladder or self.renditions)
-        self._journal.sequence(item.number, segments, self.segment_duration, ladder)
+        self._journal.sequence(
+            item.number, item.epoch.number, segments, self.segment_duration, ladder
+        )
 
     async def _drop(self, item: _Sequence, reason: BaseException) -> None:
         """Files of a sequence could not be published: leave it out of every playlist."""
@@ -280,6 +296,8 @@ class LivePackager:
         self._gap = True
         how = "S3 spool full" if isinstance(reason, SegmentDropped) else repr(reason)
         log.error("%s: sequence %d left out of the playlists (%s)", self.prefix, item.number, how)
+        if self._journal is not None:
+            self._journal.dropped(item.number)
         try:
             await self.storage.delete([self._path(e["path"]) for e in item.events.values()])
         except Exception as exc:
@@ -306,14 +324,11 @@ class LivePackager:
         after_gap: bool = False,
     ) -> None:
         rendition = self._rendition(event["rendition"])
-        sequence = int(event["sequence"])
-        entry = SegmentEntry(
-            sequence=sequence,
-            uri=_relative_to_rendition(event["path"], rendition.name) or event["path"],
-            duration=float(event["duration"]),
-            program_date_time=epoch.wallclock
-            + timedelta(seconds=float(event["start"]) - epoch.media_start),
-            init_uri=init_uri,
+        entry = _entry(
+            event,
+            rendition.name,
+            epoch,
+            init_uri,
             discontinuity=after_gap
             or (
                 rendition.epoch_of_last_segment is not None
@@ -439,6 +454,26 @@ class LivePackager:
             {name: rendition.size_bytes for name, rendition in self.renditions.items()},
             self.thumbnail,
         )
+
+
+def _entry(
+    event: dict[str, Any],
+    rendition: str,
+    epoch: _Epoch,
+    init_uri: str | None,
+    *,
+    discontinuity: bool,
+) -> SegmentEntry:
+    """A segment event's playlist entry."""
+    return SegmentEntry(
+        sequence=int(event["sequence"]),
+        uri=_relative_to_rendition(event["path"], rendition) or event["path"],
+        duration=float(event["duration"]),
+        program_date_time=epoch.wallclock
+        + timedelta(seconds=float(event["start"]) - epoch.media_start),
+        init_uri=init_uri,
+        discontinuity=discontinuity,
+    )
 
 
 def _relative_to_rendition(path: str | None, rendition: str) -> str | None:

@@ -3,8 +3,11 @@
 A server killed mid-stream leaves media playlists without ENDLIST, so players (and a CDN in
 front of S3) would poll them forever. At start-up, for each such stream:
 
-- a recording (its folder has the packager's journal, ``recording.jsonl``): every segment and
-  init segment the journal lists that is still only on local disk is published (for S3:
+- a recording (its folder has the packager's journal, ``recording.jsonl``): the sequences the
+  journal has queued but never listed (S3 was down: their uploads were waiting) are listed after
+  the others as live listing would have listed them, each whose files are all still on local
+  disk (one that is not is left out, and the next one starts a discontinuity); then every
+  segment and init segment listed that is still only on local disk is published (for S3:
   uploaded, never given up for spool room, so nothing spooled is lost; if S3 refuses to list
   the bucket, every listed file on local disk is uploaded again), then each rendition's VOD
   playlist is rebuilt from the journal exactly as :meth:`LivePackager.finish` makes it, then
@@ -135,6 +138,11 @@ async def rebuild_recording(
     """Publish a journaled recording's files, its VOD playlists, then its master playlist;
     the VOD's figures (None: a recorded file could not be published, or no master playlist on
     disk, so no whole VOD)."""
+    if recording.pending:
+        folder = storage.root / prefix
+        recording = await asyncio.to_thread(
+            recording.with_pending, lambda relpath: (folder / relpath).is_file()
+        )
     files = await asyncio.to_thread(_recorded_files, prefix, recording)
     failed = await _publish_files(storage, prefix, files)
     if failed:
