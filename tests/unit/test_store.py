@@ -237,6 +237,18 @@ def test_session_lifecycle(store: Store) -> None:
     assert [s.id for s in store.sessions(channel.id)] == [stream.id]
 
 
+def test_session_ids_are_never_reused(store: Store) -> None:
+    """Ids name media folders and segment URLs: the newest sessions going with their channel
+    must not hand their ids out again (SQLite reuses a plain INTEGER key's largest ids)."""
+    kept, _ = store.create_channel("kept")
+    gone, _ = store.create_channel("gone")
+    first = store.start_session(kept.id or 0).id
+    taken = [store.start_session(gone.id or 0).id for _ in range(2)]
+    store.delete_channel("gone")
+    later = store.start_session(kept.id or 0).id
+    assert first is not None and later is not None and later > max(i or 0 for i in taken)
+
+
 def test_end_unfinished_sessions(store: Store) -> None:
     channel, _ = store.create_channel("news")
     ids = [store.start_session(channel.id or 0).id or 0 for _ in range(3)]

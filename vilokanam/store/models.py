@@ -70,6 +70,7 @@ class Channel(SQLModel, table=True):
 
 
 class StreamSession(SQLModel, table=True):
+    __table_args__ = {"sqlite_autoincrement": True}  # ids name media folders: never reused
     id: int | None = Field(default=None, primary_key=True)
     channel_id: int = Field(foreign_key="channel.id", index=True, ondelete="CASCADE")
     state: SessionState = Field(default=SessionState.STARTING, index=True)
