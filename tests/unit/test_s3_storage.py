@@ -637,3 +637,30 @@ async def test_flushing_one_stream_waits_for_its_writes_only(
     release.set()
     assert await storage.flush(10, "streams/2/")
     assert uploads[1].done() and s3_bucket.head("streams/2/source/index.m3u8") is not None
+
+
+async def test_delete_prefix_that_s3_refuses_raises_and_keeps_the_folder(
+    make_storage, s3_bucket: Bucket
+) -> None:
+    """A VOD delete (or the sweep) must not report success, nor lose its marker, when S3 keeps
+    the objects: the row and the local folder stay for the next try."""
+    from botocore.exceptions import ClientError
+
+    storage = await make_storage()
+    relpath = "streams/7/source/seg-0.m4s"
+    write(storage, relpath, 100)
+    await storage.publish_segment(relpath)
+    denied = {"Error": {"Code": "AccessDenied", "Message": "denied"},
+              "ResponseMetadata": {"HTTPStatusCode": 403}}  # fmt: skip
+
+    def refuse(**_: Any) -> None:
+        raise ClientError(denied, "DeleteObjects")  # type: ignore[arg-type]
+
+    hook(storage, "before-call.s3.DeleteObjects", refuse)
+    with pytest.raises(PermissionError, match="s3:DeleteObject"):
+        await storage.delete_prefix("streams/7")
+    assert s3_bucket.keys("streams/7/") == [relpath]
+    assert (storage.root / relpath).is_file(), "the marker to try again"
+    storage.client.meta.events.unregister("before-call.s3.DeleteObjects", refuse)
+    assert await storage.delete_prefix("streams/7") == 1
+    assert s3_bucket.keys("streams/7/") == [] and not (storage.root / "streams/7").exists()

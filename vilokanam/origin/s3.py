@@ -451,7 +451,12 @@ class S3Storage:
         if running:
             await asyncio.wait(running)
         remote = await self.s3.list_relpaths(relprefix)
-        await self.s3.delete_keys(remote)
+        deleted = await self.s3.delete_keys(remote)
+        if deleted < len(remote):  # the local folder stays: the marker to try again
+            raise PermissionError(
+                f"S3 refused to delete {len(remote) - deleted} object(s) under {relprefix} "
+                "(the credentials need s3:DeleteObject); kept to try again"
+            )
         local = await asyncio.to_thread(_remove_tree, folder, self.root)
         self._uploaded.difference_update(local)
         return len(set(remote) | set(local))
