@@ -153,6 +153,8 @@ async def test_a_pass_deletes_only_what_is_known_unrecorded_and_done(streams: St
     streams.journal(to_recover, USABLE_JOURNAL)
     too_short = streams.session(ended_ago=LONG_AGO, recorded=True)
     streams.journal(too_short, '{"type": "thumbnail"}\n')  # nothing a VOD could be made of
+    (streams.root / f"streams/{too_short}/source/seg-0.m4s").unlink()
+    unjournaled = streams.session(ended_ago=LONG_AGO, recorded=True)  # its journal failed
     draining = streams.session(ended_ago=LONG_AGO)
     streams.write(draining, written_ago=10)  # its ENDLIST was written long after the end
     busy = streams.session(ended_ago=LONG_AGO)  # the store says ended; this server writes it
@@ -169,7 +171,8 @@ async def test_a_pass_deletes_only_what_is_known_unrecorded_and_done(streams: St
     assert await sweep.sweep() == [old, too_short, deleted_channel]
     assert not streams.exists(old) and not streams.exists(too_short)
     assert not streams.exists(deleted_channel)
-    for kept in (recent, live, vod, legacy, to_recover, draining, busy, orphan, just_deleted):
+    kept_ones = (recent, live, vod, legacy, to_recover, unjournaled, draining, busy, orphan)
+    for kept in (*kept_ones, just_deleted):
         assert streams.exists(kept), kept
     assert await sweep.sweep() == []  # nothing left to do
 
@@ -275,3 +278,13 @@ async def test_s3_objects_go_with_the_local_folder(
         assert len(s3_bucket.keys(f"streams/{kept}/")) == 2 and streams.exists(kept)
     finally:
         await storage.close(0)
+
+
+async def test_an_unreadable_folder_never_stops_the_pass(
+    streams: Streams, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = streams.session(ended_ago=LONG_AGO, recorded=True)
+    (streams.root / f"streams/{broken}" / JOURNAL).mkdir()  # reading it fails: not a file
+    old = streams.session(ended_ago=LONG_AGO)
+    assert await sweeper(streams, LocalStorage(streams.root)).sweep() == [old]
+    assert streams.exists(broken) and "cannot tell whether it may go" in caplog.text

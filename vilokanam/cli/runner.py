@@ -23,3 +23,6 @@ def run(action: Callable[[], None]) -> None:
         error = store_error(exc)
         err_console.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(error.exit_code) from None
+    except OSError as exc:  # the media storage refused (a permission, S3 away): nothing lost
+        err_console.print(f"[red]error:[/red] media storage: {exc}; try again", highlight=False)
+        raise typer.Exit(1) from None

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
+from enum import Enum
 from pathlib import Path
 
 from vilokanam.origin.storage import Storage
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_EVERY = 60.0
 """Seconds between passes (the first runs once start-up recovery is done)."""
+KEPT_FOR_PASSES = 60
+"""Passes a folder judged kept for good is not looked at again (an hour at the default)."""
 CHANNEL_DELETED = ".channel-deleted"
 """Marks a stream folder whose channel (and session) was deleted: swept after ``keep_ended``."""
 
@@ -82,6 +85,37 @@ def _marked_at(folder: Path) -> float | None:
         return None
 
 
+class _Verdict(Enum):
+    DELETE = "delete"
+    WAIT = "wait"
+    KEEP = "keep"
+    """For good (until the next start): not looked at again."""
+
+
+def _verdict(folder: Path, state: MediaState, cutoff: datetime) -> _Verdict:
+    """Whether a stream folder goes now, later or never (files read: run it in a thread)."""
+    if state is MediaState.KEEP:
+        return _Verdict.KEEP
+    if state is MediaState.WAIT:
+        return _Verdict.WAIT
+    if state is MediaState.UNKNOWN:
+        marked = _marked_at(folder)
+        if marked is None:
+            return _Verdict.KEEP  # not ours to judge
+        return _Verdict.DELETE if marked < cutoff.timestamp() else _Verdict.WAIT
+    if last_write(folder) >= cutoff.timestamp():
+        return _Verdict.WAIT  # the end was written later than the session says (draining)
+    if state is MediaState.UNCATALOGUED and (
+        read_journal(folder / JOURNAL) is not None or _has_segments(folder)
+    ):
+        return _Verdict.KEEP  # a VOD to be (the next start's recovery), or one to look at
+    return _Verdict.DELETE
+
+
+def _has_segments(folder: Path) -> bool:
+    return any(path.suffix in (".m4s", ".ts") for path in folder.glob("*/*"))
+
+
 def last_write(folder: Path) -> float:
     """When the stream last wrote a playlist (its end: ENDLIST), as a timestamp; 0 if never."""
     playlists = [folder / "master.m3u8", *folder.glob("*/index.m3u8")]
@@ -109,6 +143,7 @@ class EndedStreamSweeper:
         """Prefixes this server's streams are writing (never swept, whatever the store says)."""
         self.every = every
         self._clock = clock
+        self._passes = 0
         self._kept: set[int] = set()
         """Folders this process keeps for good (VODs, older sessions): not asked about again."""
         self._failures: dict[int, str] = {}
@@ -119,6 +154,9 @@ class EndedStreamSweeper:
         """One pass: the session ids whose media was deleted."""
         if self.keep_ended <= 0:
             return []
+        self._passes += 1
+        if self._passes % KEPT_FOR_PASSES == 0:
+            self._kept.clear()  # a channel deleted since marks folders kept until now
         root = self.storage.root
         busy = set(self.in_use())
         folders = [
@@ -132,27 +170,16 @@ class EndedStreamSweeper:
         states = await asyncio.to_thread(self.store.media_states, folders, cutoff)
         swept = []
         for session_id, state in states.items():
-            if state is MediaState.KEEP:
-                self._kept.add(session_id)
-                continue
-            if state is MediaState.WAIT:
-                continue
             prefix = f"streams/{session_id}"
-            folder = root / prefix
-            if state is MediaState.UNKNOWN:
-                marked = await asyncio.to_thread(_marked_at, folder)
-                if marked is None:
-                    self._kept.add(session_id)  # not ours to judge
-                    continue
-                if marked >= cutoff.timestamp():
-                    continue
-            elif await asyncio.to_thread(last_write, folder) >= cutoff.timestamp():
-                continue  # the end was written later than the session says (draining)
-            if state is MediaState.UNCATALOGUED and await asyncio.to_thread(
-                read_journal, folder / JOURNAL
-            ):
-                self._kept.add(session_id)  # a VOD to be: the next start's recovery makes it
+            try:
+                verdict = await asyncio.to_thread(_verdict, root / prefix, state, cutoff)
+            except OSError as exc:  # one unreadable folder never stops the pass
+                log.warning("%s: cannot tell whether it may go: %s", prefix, exc)
                 continue
+            if verdict is _Verdict.KEEP:
+                self._kept.add(session_id)
+            if verdict is not _Verdict.DELETE or prefix in set(self.in_use()):
+                continue  # (a stream of this server that started meanwhile: never)
             try:
                 removed = await self.storage.delete_prefix(prefix)
             except Exception as exc:

@@ -256,8 +256,10 @@ class Store:
 
     # -- stream sessions ------------------------------------------------------
     def start_session(
-        self, channel_id: int, publisher: str = "", *, recorded: bool = False
+        self, channel_id: int, publisher: str = "", *, recorded: bool | None = None
     ) -> StreamSession:
+        """A new session; ``recorded``: whether it is kept as a VOD (None: unknown, so its
+        media is never swept)."""
         stream = StreamSession(channel_id=channel_id, publisher=publisher, recorded=recorded)
         with self.session() as db:
             db.add(stream)

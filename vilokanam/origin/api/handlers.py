@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import importlib.metadata
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -126,8 +126,8 @@ async def delete_channel(ctx: ApiContext, call: Call) -> BaseModel:
     channel = await ctx.blocking(service.revoke_key, call.slug)
     await ctx.manager.end_channel(channel.id, DELETED)
     if ctx.vods is not None:  # the rows would go with the channel: VODs' media first; what
-        with _media_errors("the channel"):  # its other streams left is swept later (viewers
-            await ctx.vods.delete_channel(channel.id)  # still get ENDLIST meanwhile)
+        # its other streams left is swept later (viewers still get ENDLIST meanwhile)
+        await _delete_media("the channel", ctx.vods.delete_channel(channel.id))
     return await ctx.blocking(service.delete, call.slug)
 
 
@@ -277,17 +277,23 @@ async def get_vod(ctx: ApiContext, call: Call) -> BaseModel:
 async def delete_vod(ctx: ApiContext, call: Call) -> web.Response:
     """Delete the VOD's media, then its entry; its URLs answer 404 from now on."""
     vod_id = _path_id(call)
-    with _media_errors("the VOD"):
-        await ctx.require_vods().delete(vod_id)
+    await _delete_media("the VOD", ctx.require_vods().delete(vod_id))
     return web.Response(status=204)
 
 
-@contextlib.contextmanager
-def _media_errors(what: str) -> Iterator[None]:
-    """Storage refusing a delete (a permission, S3 listing refused): 503, and nothing of
-    ``what`` is forgotten, so the same request can be sent again once it is fixed."""
+MEDIA_DELETE_TIMEOUT = 30.0
+"""Seconds a delete request waits for the media storage (S3 away) before answering 503."""
+
+
+async def _delete_media(what: str, deleting: Awaitable[object]) -> None:
+    """Storage refusing or not answering a delete (a permission, S3 away): 503, and the VOD
+    rows are kept, so the same request can be sent again once it is fixed."""
     try:
-        yield
+        await asyncio.wait_for(deleting, MEDIA_DELETE_TIMEOUT)
+    except TimeoutError:
+        detail = f"the media storage did not answer in {MEDIA_DELETE_TIMEOUT:.0f} s; try again"
+        message = f"could not delete the media of {what}: {detail}"
+        raise ApiError(503, "storage_error", message) from None
     except OSError as exc:
         detail = f"could not delete the media of {what} ({exc}); it is kept, try again"
         raise ApiError(503, "storage_error", detail) from None
