@@ -12,8 +12,8 @@ Only sessions the store knows were not recorded are swept (:class:`MediaState`):
 a session from before that was saved. A folder whose session is gone is swept only when it was
 marked (:data:`CHANNEL_DELETED`) as its channel was deleted, ``keep_ended`` after the mark: a
 database restored from an old backup, or the wrong one, never gets media deleted. A recorded
-session with no VOD is swept only when its journal holds nothing to make one of; otherwise the
-next start's recovery catalogues it.
+session with no VOD is swept only when it left no journal to make one of and no segments;
+otherwise the next start's recovery catalogues it (or an operator looks at it).
 """
 
 from __future__ import annotations
