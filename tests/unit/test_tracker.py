@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vilokanam.billing.tracker import Fetch, Tracker
+from vilokanam.billing.tracker import Due, Fetch, Tracker
 
 T0 = 1_700_000_000.0
 TARGET = 2.0
@@ -35,6 +35,19 @@ def _state(tracker: Tracker, session: int = 1) -> tuple[int, int, list[list[int]
     due = tracker.state(7, session)
     return (
         None if due is None else (due.ticks_to, due.content_ms, due.sequences, due.first_fetch_at)
+    )
+
+
+def _restore(tracker: Tracker, due: Due) -> None:
+    """Put back what a flush saved of ``due`` (as the billing service does after a restart)."""
+    tracker.restore(
+        due.viewer_id,
+        due.session_id,
+        first_fetch_at=due.first_fetch_at,
+        content_ms=due.content_ms,
+        ticks=due.ticks_to,
+        sequences=due.sequences,
+        pending_ms=due.pending_ms,
     )
 
 
@@ -119,15 +132,7 @@ def test_a_viewer_leaving_after_a_burst_pays_only_its_time() -> None:
     state = tracker.state(1, 1)
     assert state is not None and state.pending_ms == 4000
     copy = Tracker(TARGET)
-    copy.restore(
-        1,
-        1,
-        first_fetch_at=state.first_fetch_at,
-        content_ms=state.content_ms,
-        ticks=state.ticks_to,
-        sequences=state.sequences,
-        pending_ms=state.pending_ms,
-    )
+    _restore(copy, state)
     assert copy.release(1, 1, T0 + 10) == 4, "what waits survives a restart"
 
 
@@ -180,15 +185,7 @@ def test_restore_round_trip_equals_an_uninterrupted_run(
     posted = sum(before.note(fetch) for fetch in fetches[:cut])
     after = Tracker(TARGET, free_preview=preview)
     for due in before.pending():  # what a flush saves
-        after.restore(
-            due.viewer_id,
-            due.session_id,
-            first_fetch_at=due.first_fetch_at,
-            content_ms=due.content_ms,
-            ticks=due.ticks_to,
-            sequences=due.sequences,
-            pending_ms=due.pending_ms,
-        )
+        _restore(after, due)
     assert after.pending() == []
     resumed = sum(after.note(fetch) for fetch in fetches[cut:])
     assert posted + resumed == total
@@ -248,15 +245,7 @@ def test_a_backdated_first_fetch_is_saved_and_restored() -> None:
     (due,) = tracker.pending()
     assert due.first_fetch_at == T0, "the lowered first fetch is to be saved"
     copy = Tracker(TARGET)
-    copy.restore(
-        1,
-        1,
-        first_fetch_at=due.first_fetch_at,
-        content_ms=due.content_ms,
-        ticks=due.ticks_to,
-        sequences=due.sequences,
-        pending_ms=due.pending_ms,
-    )
+    _restore(copy, due)
     assert copy.last_seen(1, 1) == T0 + 98, "at least what the content credited says"
     for restarted in (tracker, copy):
         restarted.release(1, 1, T0 + 198)
