@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from vilokanam.config import Settings
 from vilokanam.ingest import flv
 from vilokanam.origin.storage import Storage
-from vilokanam.origin.vod import records, retention_days
+from vilokanam.origin.vod import catalogue, records
 from vilokanam.packager.live import MASTER, LivePackager
 from vilokanam.packager.playlist import SegmentEntry
 from vilokanam.store import Channel, SessionNotFound, SessionState, Store
@@ -437,21 +437,16 @@ class LiveStream:
         summary = self.packager.recording_summary()
         if summary is None:
             return
-        channel = self.channel
         await self._store_write(
             "the recording",
             functools.partial(
-                self.manager.store.save_recording,
+                catalogue,
+                self.manager.store,
+                self.settings,
                 session_id=self.session_id,
-                channel_id=channel.id,
-                prefix=self.prefix,
-                storage=self.manager.storage.kind,
-                renditions=summary.renditions,
-                duration_ms=summary.duration_ms,
-                segments=summary.segments,
-                size_bytes=summary.size_bytes,
-                thumbnail=summary.thumbnail,
-                retention_days=retention_days(channel, self.settings),
+                channel=self.channel,
+                storage_kind=self.manager.storage.kind,
+                summary=summary,
             ),
         )
         log.info("%s: recorded as /vod/%d/%s", self.name, self.session_id, MASTER)

@@ -24,7 +24,7 @@ from datetime import datetime
 from vilokanam.config import Settings
 from vilokanam.origin.storage import Storage
 from vilokanam.origin.sweep import mark_channel_deleted
-from vilokanam.packager.recording import JOURNAL
+from vilokanam.packager.recording import JOURNAL, RecordingSummary
 from vilokanam.packager.recovery import RecoveredRecording
 from vilokanam.store import Channel, Recording, RecordingNotFound, Store
 
@@ -78,6 +78,31 @@ async def delete_vod(store: Store, storage: Storage, session_id: int) -> Recordi
     deleted = await asyncio.to_thread(store.delete_recording, session_id)
     log.info("VOD %d deleted (%s, %d files)", session_id, recording.prefix, removed)
     return deleted
+
+
+def catalogue(
+    store: Store,
+    settings: Settings,
+    *,
+    session_id: int,
+    channel: Channel,
+    storage_kind: str,
+    summary: RecordingSummary | RecoveredRecording,
+) -> Recording:
+    """Keep a recorded stream as a VOD (its playlists are final), expiring as its channel says."""
+    assert channel.id is not None, "a stored channel"
+    return store.save_recording(
+        session_id=session_id,
+        channel_id=channel.id,
+        prefix=f"streams/{session_id}",
+        storage=storage_kind,
+        renditions=summary.renditions,
+        duration_ms=summary.duration_ms,
+        segments=summary.segments,
+        size_bytes=summary.size_bytes,
+        thumbnail=summary.thumbnail,
+        retention_days=retention_days(channel, settings),
+    )
 
 
 async def mark_stream_media(store: Store, storage: Storage, channel_id: int) -> int:
@@ -156,19 +181,10 @@ class VodCatalogue:
         _, channel = await asyncio.to_thread(self.store.get_session, recovered.session_id)
         await asyncio.to_thread(
             functools.partial(
-                self.store.save_recording,
-                session_id=recovered.session_id,
-                channel_id=channel.id,
-                prefix=f"streams/{recovered.session_id}",
-                storage=self.storage.kind,
-                renditions=recovered.renditions,
-                duration_ms=recovered.duration_ms,
-                segments=recovered.segments,
-                size_bytes=recovered.size_bytes,
-                thumbnail=recovered.thumbnail,
-                retention_days=retention_days(channel, settings),
+                catalogue, self.store, settings, session_id=recovered.session_id,
+                channel=channel, storage_kind=self.storage.kind, summary=recovered,
             )
-        )
+        )  # fmt: skip
         self.forget(recovered.session_id)
         log.info("VOD %d recovered after a crash (channel %s)", recovered.session_id, channel.slug)
 
