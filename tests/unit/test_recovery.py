@@ -200,8 +200,14 @@ async def _drive(storage: Storage, scenario: Scenario, *, outage: bool = False) 
     down = isinstance(storage, _Dropping) and storage.down
     if not down:
         assert await packager.wait_listed(10)
-    for _ in range(20):  # the thumbnail's done callback, the dropped uploads
+    for _ in range(500):  # the thumbnail's done callback
+        if not packager._side_uploads:
+            break
+        await asyncio.sleep(0.01)
+    for _ in range(20):  # the dropped uploads
         await asyncio.sleep(0)
+    if down:
+        await asyncio.sleep(0.05)  # a dropped sequence's local delete runs in a thread
     if down:  # kill -9: nothing the packager waits on ever ends, nothing more is written
         tasks = asyncio.all_tasks() - {asyncio.current_task()}
         for task in tasks:
